@@ -1,0 +1,203 @@
+"""The ``ticketbench`` command line.
+
+Every training subcommand takes a run config (YAML, see ``config/runs/``) and a run directory; it is
+idempotent (finished jobs are skipped) and resumes interrupted ones from their checkpoint. Errors are
+one line on stderr and a non-zero exit: 2 for bad input (config, dataset, checkpoint), 1 for a diverged
+run, 143 after a SIGTERM checkpoint (so SLURM/Snakemake see a terminated job that may be requeued).
+
+torch is imported lazily so that ``--help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("ticketbench")
+
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_PREEMPTED = 2, 1, 143
+
+
+def _runtime_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("runtime (does not change results)")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--data-root", help="directory with the dataset files (default: $TICKETBENCH_DATA or ./data)")
+    g.add_argument("--no-verify", action="store_true", help="skip the MD5 check of user-supplied dataset copies")
+    g.add_argument("--download", action="store_true", help="download missing MNIST/CIFAR-10 files (needs a network)")
+    g.add_argument("--deterministic", action="store_true", help="strict deterministic kernels (repeatable on GPU, slower)")
+    g.add_argument("--checkpoint-seconds", type=float, default=300.0, help="checkpoint interval (default: 300)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", type=Path, help="run config (YAML)")
+    p.add_argument("--run-dir", type=Path, help="run directory (default: results/runs/<name>-<config hash>)")
+    _runtime_args(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ticketbench", description=__doc__.split("\n\n")[0].strip(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train the dense network (IMP level 0), capturing the rewind state")
+    _run_args(p)
+
+    p = sub.add_parser("imp", help="run IMP levels (all, or one with --level)")
+    _run_args(p)
+    p.add_argument("--level", type=int, help="only this level (its predecessors must be done)")
+
+    p = sub.add_parser("branch", help="a baseline at one IMP level: random_reinit, random_prune, oneshot, copy")
+    _run_args(p)
+    p.add_argument("--kind", required=True, choices=["random_reinit", "random_prune", "oneshot", "copy"])
+    p.add_argument("--level", type=int, required=True)
+    p.add_argument("--replicate", type=int, default=0)
+
+    p = sub.add_parser("finetune", help="a level of the fine-tuning chain (prune, keep weights, train at the final lr)")
+    _run_args(p)
+    p.add_argument("--level", type=int, required=True)
+
+    p = sub.add_parser("evaluate", help="evaluate stored networks (job directories with final.pt) on the test set")
+    p.add_argument("jobs", type=Path, nargs="+", help="job directories, e.g. RUN/imp/level_03")
+    _runtime_args(p)
+
+    p = sub.add_parser("table", help="collect job summaries of run directories into one tidy CSV")
+    p.add_argument("runs", type=Path, nargs="+", help="run directories")
+    p.add_argument("-o", "--output", type=Path, required=True)
+
+    p = sub.add_parser("lth-figure", help="accuracy vs. weights remaining for IMP and its baselines (PNG)")
+    p.add_argument("table", type=Path, help="CSV written by 'ticketbench table'")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--title", default="")
+
+    p = sub.add_parser("hash", help="print the run directory name of a config (name-hash)")
+    p.add_argument("config", type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    from .checkpoints import CheckpointError, WriteError
+    from .config import ConfigError
+
+    bad_input: tuple[type[BaseException], ...] = (ConfigError, CheckpointError, WriteError)
+    try:
+        from .data import DatasetError
+        from .train import Preempted, TrainingDiverged
+
+        bad_input += (DatasetError,)
+        return COMMANDS[args.command](args) or 0
+    except bad_input as e:
+        print(f"ticketbench: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except TrainingDiverged as e:
+        print(f"ticketbench: error: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except Preempted as e:
+        print(f"ticketbench: {e}", file=sys.stderr)
+        return EXIT_PREEMPTED
+    except KeyboardInterrupt:
+        print("ticketbench: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+def _runtime(args: argparse.Namespace) -> Any:
+    from .train import Runtime
+
+    return Runtime(device=args.device, threads=args.threads, data_root=args.data_root, verify=not args.no_verify,
+                   download=args.download, checkpoint_seconds=args.checkpoint_seconds,
+                   deterministic=args.deterministic, progress=not args.no_progress)
+
+
+def open_run(config_path: Path, run_dir: Path | None, runtime: Any) -> Any:
+    """Load the config, the data (on the run's device) and bind them to a run directory."""
+    from . import config, data
+    from .imp import Run
+
+    cfg = config.load(config_path)
+    device = runtime.apply()
+    root = run_dir or Path("results/runs") / cfg.run_name()
+    ds = data.load(cfg.data, device, root=runtime.data_root, verify=runtime.verify, download=runtime.download)
+    log.info("run %s (%s) on %s -> %s", cfg.run_name(), cfg.source or "no source given", device, root)
+    return Run(cfg, root, ds, runtime)
+
+
+def _report(summary: dict[str, Any], folder: Path) -> None:
+    log.info("%s: test acc %.4f, density %.4f -> %s", folder, summary["final_test_acc"], summary["density"], folder)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    run = open_run(args.config, args.run_dir, _runtime(args))
+    _report(run.dense(), run.level_dir(0))
+
+
+def cmd_imp(args: argparse.Namespace) -> None:
+    run = open_run(args.config, args.run_dir, _runtime(args))
+    levels = [args.level] if args.level is not None else range(run.cfg.imp.levels + 1)
+    for lv in levels:
+        if lv > run.cfg.imp.levels or lv < 0:
+            from .config import ConfigError
+
+            raise ConfigError(f"--level {lv}: the config has levels 0..{run.cfg.imp.levels}")
+        _report(run.level(lv), run.level_dir(lv))
+
+
+def cmd_branch(args: argparse.Namespace) -> None:
+    run = open_run(args.config, args.run_dir, _runtime(args))
+    _report(run.branch(args.kind, args.level, args.replicate), run.level_dir(args.level, args.kind, args.replicate))
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    run = open_run(args.config, args.run_dir, _runtime(args))
+    _report(run.finetune(args.level), run.level_dir(args.level, "finetune"))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .imp import run_root_of
+    from .train import evaluate
+
+    runtime = _runtime(args)
+    for job in args.jobs:
+        root = run_root_of(job)
+        run = open_run(root / "config.yaml", root, runtime)
+        net = run.network(job)
+        loss, acc = evaluate(net, run.data.test)
+        print(json.dumps({"job": str(job), "test_loss": loss, "test_acc": acc}))
+
+
+def cmd_table(args: argparse.Namespace) -> None:
+    from .report import collect
+    from .checkpoints import atomic_write
+
+    df = collect(args.runs)
+    atomic_write(args.output, df.to_csv(index=False))
+    log.info("wrote %d jobs to %s", len(df), args.output)
+
+
+def cmd_lth_figure(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from .report import accuracy_vs_density
+
+    accuracy_vs_density(pd.read_csv(args.table), args.output, title=args.title)
+    log.info("wrote %s", args.output)
+
+
+def cmd_hash(args: argparse.Namespace) -> None:
+    from . import config
+
+    print(config.load(args.config).run_name())
+
+
+COMMANDS = {"train": cmd_train, "imp": cmd_imp, "branch": cmd_branch, "finetune": cmd_finetune,
+            "evaluate": cmd_evaluate, "table": cmd_table, "lth-figure": cmd_lth_figure, "hash": cmd_hash}
+
+if __name__ == "__main__":
+    sys.exit(main())

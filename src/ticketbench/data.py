@@ -1,0 +1,352 @@
+"""Datasets, resident as tensors on the training device, with batched on-device augmentation.
+
+Why not a DataLoader: per-sample PIL transforms starve small models (open_lth's LeNet is bound by its
+data pipeline; see bench/). Here the whole split is one tensor on the device; a batch is one gather,
+and the CIFAR augmentation (random crop with 4-pixel zero padding + horizontal flip, per sample) is a
+single advanced-indexing op on a pre-padded copy.
+
+Randomness is counter-based: the order of epoch ``e`` is a permutation drawn from ``(seed, e)`` and the
+augmentation of step ``s`` from ``(seed, s)``. A run resumed at any step therefore sees exactly the
+batches an uninterrupted run sees, without storing RNG state, and the data-order and augmentation
+streams are independent of each other and of initialization. Random numbers are drawn on the CPU, so a
+GPU run sees the same batches as a CPU run.
+
+Files are read in their official formats (MNIST/Fashion-MNIST idx, optionally gzipped; CIFAR-10
+python pickles) and checked against official MD5s; see ``_verify``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import DataConfig
+
+
+class DatasetError(RuntimeError):
+    """A dataset is missing, malformed or fails its checksum. The message says how to fix it."""
+
+
+# Per-channel mean/std used to normalize inputs.
+NORMALIZATION = {
+    "mnist": ((0.1307,), (0.3081,)),  # open_lth datasets/mnist.py (the usual MNIST statistics)
+    "fashion_mnist": ((0.2860,), (0.3530,)),  # Fashion-MNIST training-set statistics
+    "cifar10": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # open_lth datasets/cifar10.py
+    "synthetic": ((0.0,), (1.0,)),
+}
+
+IDX_FILES = {  # split -> (images, labels)
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+# MD5 of the *decompressed* idx files. Checked on the decompressed bytes because distributors
+# recompress (Debian's dataset-fashion-mnist .gz files differ from the official ones byte-wise).
+# Fashion-MNIST: computed from the official files as shipped by Debian's dataset-fashion-mnist.
+IDX_MD5 = {
+    "fashion_mnist": {
+        "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+        "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+        "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+    },
+    "mnist": {},
+}
+SIZES = {"mnist": (60000, 10000), "fashion_mnist": (60000, 10000), "cifar10": (50000, 10000)}
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+TORCHVISION_FOLDERS = {"mnist": "MNIST/raw", "fashion_mnist": "FashionMNIST/raw", "cifar10": "cifar-10-batches-py"}
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # float32, normalized, (N, C, H, W); padded by 4 pixels if augmentation is on
+    y: torch.Tensor  # int64, (N,)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class Data:
+    """Train / validation / test splits on one device."""
+
+    train: Split
+    val: Split | None
+    test: Split
+    shape: tuple[int, int, int]
+    classes: int
+    augment: bool
+
+    def train_unpadded(self) -> Split:
+        """The training images without augmentation padding (for evaluating training loss)."""
+        if not self.augment:
+            return self.train
+        c, h, w = self.shape
+        return Split(self.train.x[:, :, 4:4 + h, 4:4 + w], self.train.y)
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------
+
+
+def load(cfg: DataConfig, device: torch.device | str = "cpu", root: str | Path | None = None,
+         verify: bool = True, download: bool = False) -> Data:
+    """Read a dataset, split it as the papers do, normalize, and place it on ``device``.
+
+    ``root`` is where the files are (default: $TICKETBENCH_DATA, else ./data). ``verify=False`` skips the
+    MD5 check for user-supplied copies; the shapes and labels are checked regardless.
+    """
+    if cfg.name == "synthetic":
+        (xtr, ytr), (xte, yte) = _synthetic(cfg)
+    else:
+        (xtr, ytr), (xte, yte) = read_official(cfg.name, root, verify=verify, download=download)
+    mean, std = NORMALIZATION[cfg.name]
+    xtr, xte = _normalize(xtr, mean, std), _normalize(xte, mean, std)
+    classes = int(max(ytr.max(), yte.max())) + 1
+
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([cfg.split_seed, 0x5EED])))
+    order = rng.permutation(len(ytr))
+    val_idx, train_idx = order[: cfg.validation_size], order[cfg.validation_size:]
+    if cfg.train_subset:
+        train_idx = train_idx[: cfg.train_subset]
+    test_idx = rng.permutation(len(yte))[: cfg.test_subset] if cfg.test_subset else np.arange(len(yte))
+    shape = tuple(xtr.shape[1:])
+
+    def split(x: torch.Tensor, y: torch.Tensor, idx: np.ndarray) -> Split:
+        ix = torch.from_numpy(np.sort(idx))
+        return Split(x[ix].to(device), y[ix].to(device))
+
+    train = split(xtr, ytr, train_idx)
+    if cfg.augment:
+        # Pad with the normalized value of a black pixel: torchvision pads the raw image with zeros.
+        fill = torch.tensor([-m / s for m, s in zip(mean, std)], device=device).view(1, -1, 1, 1)
+        padded = fill.expand(len(train), -1, shape[1] + 8, shape[2] + 8).clone()
+        padded[:, :, 4:-4, 4:-4] = train.x
+        train = Split(padded, train.y)
+    val = split(xtr, ytr, val_idx) if len(val_idx) else None
+    return Data(train, val, split(xte, yte, test_idx), shape, classes, cfg.augment)
+
+
+def _normalize(x: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    s = torch.tensor(std).view(1, -1, 1, 1)
+    return ((x - m) / s).contiguous()
+
+
+def _synthetic(cfg: DataConfig) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Learnable Gaussian class prototypes plus noise, for tests and smoke runs."""
+    g = torch.Generator().manual_seed(cfg.split_seed + 12345)
+    classes = 10
+    protos = torch.randn(classes, *cfg.synthetic_shape, generator=g)
+    out = []
+    for n in (cfg.synthetic_train, cfg.synthetic_test):
+        y = torch.randint(classes, (n,), generator=g)
+        x = protos[y] + 1.5 * torch.randn(n, *cfg.synthetic_shape, generator=g)
+        out.append((x, y))
+    return out[0], out[1]
+
+
+def default_root(root: str | Path | None = None) -> Path:
+    return Path(root or os.environ.get("TICKETBENCH_DATA") or "data")
+
+
+def read_official(name: str, root: str | Path | None, verify: bool = True,
+                  download: bool = False) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Return ((train_x, train_y), (test_x, test_y)) as uint8 NCHW images and int64 labels."""
+    root = default_root(root)
+    folder = find_folder(name, root)
+    if folder is None and download:
+        _download(name, root)
+        folder = find_folder(name, root)
+    if folder is None:
+        raise DatasetError(
+            f"{name}: files not found under {root} (looked in {', '.join(str(c) for c in _candidates(name, root))}); "
+            f"pass --download where there is a network, or --data-root DIR holding the official files"
+        )
+    if name == "cifar10":
+        return _read_cifar(folder, verify)
+    train = _read_idx_pair(name, folder, "train", verify)
+    test = _read_idx_pair(name, folder, "test", verify)
+    _check_sizes(name, folder, len(train[1]), len(test[1]), verify)
+    return train, test
+
+
+def _check_sizes(name: str, folder: Path, n_train: int, n_test: int, verify: bool) -> None:
+    if verify and (n_train, n_test) != SIZES[name]:
+        raise DatasetError(f"{folder}: {name} has {n_train}/{n_test} train/test examples, expected "
+                           f"{SIZES[name][0]}/{SIZES[name][1]}; the copy is incomplete (re-download it)")
+
+
+def _candidates(name: str, root: Path) -> list[Path]:
+    c = [root / name, root / TORCHVISION_FOLDERS[name], root]
+    if name == "fashion_mnist":
+        c.append(DEBIAN_FASHION_MNIST)
+    return c
+
+
+def find_folder(name: str, root: Path) -> Path | None:
+    marker = "data_batch_1" if name == "cifar10" else IDX_FILES["train"][0]
+    for folder in _candidates(name, root):
+        if (folder / marker).is_file() or (folder / f"{marker}.gz").is_file():
+            return folder
+    return None
+
+
+def _download(name: str, root: Path) -> None:
+    """Download with torchvision, which verifies the official MD5s of the archives."""
+    import torchvision.datasets as tvd
+
+    cls = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10}[name]
+    try:
+        for train in (True, False):
+            cls(str(root), train=train, download=True)
+    except Exception as e:  # network errors come in many types
+        raise DatasetError(f"{name}: download into {root} failed ({e}); copy the official files there instead") from None
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The decompressed bytes of ``path`` or ``path.gz``."""
+    gz = path.with_name(path.name + ".gz")
+    try:
+        if path.is_file():
+            return path.read_bytes()
+        with gzip.open(gz, "rb") as f:
+            return f.read()
+    except (OSError, EOFError) as e:
+        raise DatasetError(f"{gz}: cannot be decompressed ({e}); the file is truncated or corrupt, re-download it") from None
+
+
+def _verify(name: str, path: Path, data: bytes) -> None:
+    """Accept a file whose decompressed MD5 is the official one, or a .gz whose MD5 is torchvision's."""
+    want = IDX_MD5.get(name, {}).get(path.name)
+    got = hashlib.md5(data).hexdigest()
+    if want == got:
+        return
+    gz = path.with_name(path.name + ".gz")
+    if not path.is_file() and gz.is_file():
+        import torchvision.datasets as tvd
+
+        official = dict({"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST}[name].resources)
+        if official.get(gz.name) == hashlib.md5(gz.read_bytes()).hexdigest():
+            return
+    if want is None and path.is_file():
+        raise DatasetError(f"{path}: no official checksum is known for the uncompressed file; keep the official "
+                           f".gz beside it, or pass --no-verify to accept a copy you trust")
+    raise DatasetError(f"{path}: MD5 {got} does not match the official {name} file; re-download it, or pass "
+                       f"--no-verify if it is a copy you made on purpose")
+
+
+def _read_idx_pair(name: str, folder: Path, split: str, verify: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    img_name, lbl_name = IDX_FILES[split]
+    images = _parse_idx(folder / img_name, name, verify, expected_dims=3)
+    labels = _parse_idx(folder / lbl_name, name, verify, expected_dims=1)
+    if len(images) != len(labels):
+        raise DatasetError(f"{folder}: {split} has {len(images)} images but {len(labels)} labels; the copy is corrupt")
+    if labels.max() > 9:
+        raise DatasetError(f"{folder / lbl_name}: label {int(labels.max())} is out of range 0-9")
+    return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+
+
+def _parse_idx(path: Path, name: str, verify: bool, expected_dims: int) -> np.ndarray:
+    """Parse an idx file (big-endian header: 0, 0, dtype=0x08 (uint8), ndim; then ndim uint32 sizes)."""
+    data = _read_bytes(path)
+    if verify:
+        _verify(name, path, data)
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08 or data[3] != expected_dims:
+        raise DatasetError(f"{path}: not an idx file of uint8 with {expected_dims} dimensions (bad magic number)")
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(expected_dims)]
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * expected_dims)
+    if body.size != int(np.prod(dims)):
+        raise DatasetError(f"{path}: header says {dims} but the file holds {body.size} values; it is truncated")
+    return body.reshape(dims)
+
+
+def _read_cifar(folder: Path, verify: bool) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    import torchvision.datasets as tvd
+
+    def batch(file: str, md5: str) -> tuple[np.ndarray, np.ndarray]:
+        path = folder / file
+        if not path.is_file():
+            raise DatasetError(f"{path}: missing CIFAR-10 batch; re-download the dataset")
+        raw = path.read_bytes()
+        if verify and hashlib.md5(raw).hexdigest() != md5:
+            raise DatasetError(f"{path}: MD5 does not match the official CIFAR-10 file; re-download it, or pass "
+                               f"--no-verify if it is a copy you made on purpose")
+        try:
+            d = pickle.loads(raw, encoding="latin1")
+            x = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            y = np.asarray(d["labels"], dtype=np.int64)
+        except Exception as e:  # a corrupt pickle raises many different types
+            raise DatasetError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}); re-download it") from None
+        if len(x) != len(y):
+            raise DatasetError(f"{path}: {len(x)} images but {len(y)} labels; the file is corrupt")
+        return x, y
+
+    tr = [batch(f, m) for f, m in tvd.CIFAR10.train_list]
+    te = batch(*tvd.CIFAR10.test_list[0])
+    xtr, ytr = np.concatenate([t[0] for t in tr]), np.concatenate([t[1] for t in tr])
+    _check_sizes("cifar10", folder, len(ytr), len(te[1]), verify)
+    return (torch.from_numpy(xtr), torch.from_numpy(ytr)), (torch.from_numpy(te[0]), torch.from_numpy(te[1]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Batches
+# --------------------------------------------------------------------------------------------------
+
+
+def stream_seed(*keys: int) -> int:
+    """A 63-bit seed for one (stream, seed, counter) tuple; SeedSequence mixes the keys thoroughly."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+class Batches:
+    """The training batches of a run, addressable by step: ``batches[step] -> (x, y)``."""
+
+    DATA_ORDER, AUGMENTATION = 1, 2
+
+    def __init__(self, data: Data, batch_size: int, data_order_seed: int, augmentation_seed: int,
+                 channels_last: bool = False):
+        self.data, self.batch_size = data, batch_size
+        self.n = len(data.train)
+        self.per_epoch = -(-self.n // batch_size)
+        self.order_seed, self.aug_seed = data_order_seed, augmentation_seed
+        self.channels_last = channels_last
+        self._epoch, self._perm = -1, None
+        c, h, w = data.shape
+        dev = data.train.x.device
+        self._c = torch.arange(c, device=dev).view(1, c, 1, 1)
+        self._ar_h = torch.arange(h, device=dev)
+        self._ar_w = torch.arange(w, device=dev)
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(stream_seed(self.DATA_ORDER, self.order_seed, epoch))
+            self._perm, self._epoch = torch.randperm(self.n, generator=g).to(self.data.train.x.device), epoch
+        return self._perm
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, pos = divmod(step, self.per_epoch)
+        idx = self.permutation(epoch)[pos * self.batch_size:(pos + 1) * self.batch_size]
+        x = self._augment(idx, step) if self.data.augment else self.data.train.x[idx]
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, self.data.train.y[idx]
+
+    def _augment(self, idx: torch.Tensor, step: int) -> torch.Tensor:
+        """Random 4-pixel-padded crop and horizontal flip per sample, in one gather."""
+        b = len(idx)
+        g = torch.Generator().manual_seed(stream_seed(self.AUGMENTATION, self.aug_seed, step))
+        shifts = torch.randint(0, 9, (b, 2), generator=g).to(idx.device)
+        flip = (torch.rand(b, generator=g) < 0.5).to(idx.device)
+        rows = shifts[:, :1] + self._ar_h  # (b, h)
+        cols_fwd = self._ar_w.expand(b, -1)
+        cols = torch.where(flip[:, None], cols_fwd.flip(1), cols_fwd) + shifts[:, 1:]  # (b, w)
+        return self.data.train.x[idx.view(b, 1, 1, 1), self._c, rows.view(b, 1, -1, 1), cols.view(b, 1, 1, -1)]

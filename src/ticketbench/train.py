@@ -1,0 +1,274 @@
+"""One training job: a (masked) network trained from step ``start`` to step ``end`` of a schedule.
+
+The loop is deliberately small. What it guarantees:
+- pruned weights are exactly zero after every optimizer step (gradients and weights are masked);
+- the state at every requested snapshot step (the rewind point k) is captured during the run;
+- validation/test loss and accuracy are evaluated every ``eval_every`` steps into a tidy CSV;
+- it checkpoints periodically and on SIGTERM (what SLURM sends before pre-emption), and a rerun resumes
+  from the checkpoint with bitwise-identical results on CPU: batches are addressed by step (see
+  ``data.Batches``), so the checkpoint only needs the model, the optimizer and the metrics so far;
+- a non-finite loss stops the job at once, naming the step; the last good checkpoint is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from . import checkpoints
+from .checkpoints import atomic_write
+from .config import RunConfig, TrainConfig
+from .data import Batches, Data, Split
+from .masks import Mask, MaskedParameters, density
+
+METRIC_COLUMNS = ["step", "epoch", "lr", "train_loss", "val_loss", "val_acc", "test_loss", "test_acc"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM arrived; a checkpoint was written and the job should exit for requeueing."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How to run, not what to compute: none of this changes a result, so none of it is hashed."""
+
+    device: str = "auto"
+    threads: int = 0
+    """CPU threads for torch (0 = leave torch's default). Pin it on shared machines."""
+    data_root: str | None = None
+    verify: bool = True
+    download: bool = False
+    checkpoint_seconds: float = 300.0
+    """Write a resumable checkpoint at most this often (wall clock), plus on SIGTERM."""
+    deterministic: bool = False
+    """Strict mode: torch.use_deterministic_algorithms(True) and no cuDNN autotuning. CPU runs are
+    bitwise reproducible either way; on GPU, strict mode is slower but repeatable."""
+    progress: bool = True
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def apply(self) -> torch.device:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        if self.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=False)
+            torch.backends.cudnn.benchmark = False
+        else:
+            torch.backends.cudnn.benchmark = True
+        return self.torch_device()
+
+
+@dataclass
+class Job:
+    """Everything that defines one training job, besides the run config."""
+
+    out: Path
+    state: dict[str, torch.Tensor]
+    """Model state (weights and BN statistics) at ``start``. Masked weights are zeroed on load."""
+    mask: Mask
+    start: int
+    end: int
+    lr: Callable[[int], float]
+    data_order_seed: int
+    augmentation_seed: int
+    label: str = "train"
+    optimizer_state: dict | None = None
+    snapshots: tuple[int, ...] = ()
+    on_snapshot: Callable[[int, nn.Module, torch.optim.Optimizer], None] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Recorded verbatim in summary.json (level, branch, replicate, ...)."""
+
+
+def make_optimizer(cfg: TrainConfig, params: Any) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, batch_size: int = 1000, channels_last: bool = False) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy on a split, with the network in eval mode (BN frozen)."""
+    was_training = model.training
+    model.eval()
+    loss = torch.zeros((), dtype=torch.float64, device=split.x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=split.x.device)
+    for i in range(0, len(split), batch_size):
+        x, y = split.x[i:i + batch_size], split.y[i:i + batch_size]
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = model(x)
+        loss += F.cross_entropy(out, y, reduction="sum").double()
+        correct += (out.argmax(1) == y).sum()
+    model.train(was_training)
+    n = max(1, len(split))
+    return float(loss) / n, float(correct) / n
+
+
+def fit(model: nn.Module, data: Data, cfg: RunConfig, job: Job, runtime: Runtime, eval_every: int) -> dict[str, Any]:
+    """Run ``job`` to completion (or resume it) and return its summary. Idempotent: a finished job
+    returns its stored summary without training."""
+    summary_path = job.out / "summary.json"
+    if summary_path.is_file():
+        return json.loads(summary_path.read_text())
+    config_hash = cfg.hash()
+    device = data.test.x.device
+    channels_last = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    model.load_state_dict(job.state)
+    masked = MaskedParameters(model, job.mask)
+    masked.apply_to_weights()
+    opt = make_optimizer(cfg.train, model.parameters())
+    if job.optimizer_state is not None:
+        opt.load_state_dict(job.optimizer_state)
+    step, rows = job.start, []
+
+    ckpt_path = job.out / "checkpoint.pt"
+    if ckpt_path.is_file():
+        ck = checkpoints.load(ckpt_path, kind="checkpoint", config_hash=config_hash, map_location=device)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        step, rows = ck["step"], ck["rows"]
+        if not job.start <= step <= job.end:
+            raise checkpoints.CheckpointError(f"{ckpt_path}: step {step} is outside this job ({job.start}-{job.end}); delete it")
+
+    def save_checkpoint() -> None:
+        checkpoints.save(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "rows": rows},
+                         kind="checkpoint", config_hash=config_hash)
+
+    batches = Batches(data, cfg.train.batch_size, job.data_order_seed, job.augmentation_seed, channels_last)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    loss_n = 0
+    term = _SigtermFlag()
+    last_ckpt = time.monotonic()
+    t0, first = time.monotonic(), step
+    model.train()
+    bar = tqdm(total=job.end - job.start, initial=step - job.start, desc=job.label, unit="it",
+               disable=not runtime.progress, mininterval=1.0, dynamic_ncols=True)
+    with term:
+        while True:
+            if step in job.snapshots and job.on_snapshot is not None:
+                job.on_snapshot(step, model, opt)
+            if (step - job.start) % eval_every == 0 or step == job.end:
+                if loss_n:
+                    _check_finite(float(loss_sum), job.label, step, job.out)
+                rows.append(_metrics_row(model, data, step, batches.per_epoch, job.lr(step),
+                                         float(loss_sum / loss_n) if loss_n else math.nan, channels_last))
+                loss_sum.zero_()
+                loss_n = 0
+                if not math.isfinite(rows[-1]["test_loss"]):
+                    raise TrainingDiverged(f"{job.label}: test loss is not finite at step {step}; the weights diverged "
+                                           f"(last good checkpoint kept in {job.out})")
+            if step == job.end:
+                break
+            if term.raised or time.monotonic() - last_ckpt > runtime.checkpoint_seconds:
+                if loss_n:  # never checkpoint a diverged state
+                    _check_finite(float(loss_sum), job.label, step, job.out)
+                save_checkpoint()
+                last_ckpt = time.monotonic()
+                if term.raised:
+                    bar.close()
+                    raise Preempted(f"{job.label}: SIGTERM at step {step}; checkpoint written to {ckpt_path}, rerun to resume")
+            x, y = batches[step]
+            for group in opt.param_groups:
+                group["lr"] = job.lr(step)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            masked.apply_to_gradients()
+            opt.step()
+            masked.apply_to_weights()
+            loss_sum += loss.detach().double()
+            loss_n += 1
+            step += 1
+            bar.update(1)
+    bar.close()
+    elapsed = time.monotonic() - t0
+
+    train_loss, train_acc = evaluate(model, data.train_unpadded(), channels_last=channels_last)
+    metrics = pd.DataFrame(rows, columns=METRIC_COLUMNS)
+    summary = {
+        **job.extra,
+        "config_hash": config_hash,
+        "start_step": job.start,
+        "end_step": job.end,
+        "density": density(job.mask),
+        "final_train_loss": train_loss,
+        "final_train_acc": train_acc,
+        "final_test_loss": rows[-1]["test_loss"],
+        "final_test_acc": rows[-1]["test_acc"],
+        **early_stop(metrics),
+        "images_per_second": (step - first) * cfg.train.batch_size / elapsed if step > first and elapsed > 0 else None,
+    }
+    checkpoints.save(job.out / "final.pt", {"model": model.state_dict()}, kind="model", config_hash=config_hash)
+    atomic_write(job.out / "metrics.csv", metrics.to_csv(index=False))
+    summary["model_sha256"] = checkpoints.sha256_of(job.out / "final.pt")
+    atomic_write(summary_path, json.dumps(summary, indent=2) + "\n")  # written last: marks the job done
+    ckpt_path.unlink(missing_ok=True)
+    return summary
+
+
+def early_stop(metrics: pd.DataFrame) -> dict[str, Any]:
+    """The LTH's early-stopping point: the evaluation step of minimum validation loss, and the test
+    accuracy there (Frankle & Carbin 2019, Sec. 1 fn. 2, App. C). Without a validation split: none."""
+    if metrics["val_loss"].isna().all():
+        return {"early_stop_step": None, "early_stop_test_acc": None, "early_stop_val_loss": None}
+    i = metrics["val_loss"].idxmin()
+    return {"early_stop_step": int(metrics.at[i, "step"]), "early_stop_test_acc": float(metrics.at[i, "test_acc"]),
+            "early_stop_val_loss": float(metrics.at[i, "val_loss"])}
+
+
+def _metrics_row(model: nn.Module, data: Data, step: int, per_epoch: int, lr: float, train_loss: float,
+                 channels_last: bool) -> dict[str, Any]:
+    val = evaluate(model, data.val, channels_last=channels_last) if data.val is not None else (math.nan, math.nan)
+    test = evaluate(model, data.test, channels_last=channels_last)
+    return {"step": step, "epoch": step / per_epoch, "lr": lr, "train_loss": train_loss,
+            "val_loss": val[0], "val_acc": val[1], "test_loss": test[0], "test_acc": test[1]}
+
+
+def _check_finite(loss_sum: float, label: str, step: int, out: Path) -> None:
+    if not math.isfinite(loss_sum):
+        raise TrainingDiverged(f"{label}: training loss became {loss_sum} before step {step}; lower the learning "
+                               f"rate or add warmup (last good checkpoint kept in {out})")
+
+
+class _SigtermFlag:
+    """Turns SIGTERM into a flag the loop checks between steps, so the checkpoint it writes is consistent."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "_SigtermFlag":
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.raised = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
