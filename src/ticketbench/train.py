@@ -169,7 +169,7 @@ def fit(model: nn.Module, data: Data, cfg: RunConfig, job: Job, runtime: Runtime
         while True:
             if step in job.snapshots and job.on_snapshot is not None:
                 job.on_snapshot(step, model, opt)
-            if (step - job.start) % eval_every == 0 or step == job.end:
+            if step % eval_every == 0 or step in (job.start, job.end):
                 if loss_n:
                     _check_finite(float(loss_sum), job.label, step, job.out)
                 rows.append(_metrics_row(model, data, step, batches.per_epoch, job.lr(step),
