@@ -35,7 +35,9 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", type=Path, help="run config (YAML)")
+    p.add_argument("config", type=Path, help="run config (YAML), or a workflow config with --experiment and --seed")
+    p.add_argument("--experiment", help="experiment id in a workflow config (config/*.yaml)")
+    p.add_argument("--seed", type=int, default=0, help="seed of that experiment (default: 0)")
     p.add_argument("--run-dir", type=Path, help="run directory (default: results/runs/<name>-<config hash>)")
     _runtime_args(p)
 
@@ -78,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("hash", help="print the run directory name of a config (name-hash)")
     p.add_argument("config", type=Path)
+    p.add_argument("--experiment")
+    p.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -116,12 +120,12 @@ def _runtime(args: argparse.Namespace) -> Any:
                    deterministic=args.deterministic, progress=not args.no_progress)
 
 
-def open_run(config_path: Path, run_dir: Path | None, runtime: Any) -> Any:
+def open_run(config_path: Path, run_dir: Path | None, runtime: Any, experiment: str | None = None, seed: int = 0) -> Any:
     """Load the config, the data (on the run's device) and bind them to a run directory."""
     from . import config, data
     from .imp import Run
 
-    cfg = config.load(config_path)
+    cfg = config.load_experiment(config_path, experiment, seed) if experiment else config.load(config_path)
     device = runtime.apply()
     root = run_dir or Path("results/runs") / cfg.run_name()
     ds = data.load(cfg.data, device, root=runtime.data_root, verify=runtime.verify, download=runtime.download)
@@ -134,12 +138,12 @@ def _report(summary: dict[str, Any], folder: Path) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    run = open_run(args.config, args.run_dir, _runtime(args))
+    run = open_run(args.config, args.run_dir, _runtime(args), args.experiment, args.seed)
     _report(run.dense(), run.level_dir(0))
 
 
 def cmd_imp(args: argparse.Namespace) -> None:
-    run = open_run(args.config, args.run_dir, _runtime(args))
+    run = open_run(args.config, args.run_dir, _runtime(args), args.experiment, args.seed)
     levels = [args.level] if args.level is not None else range(run.cfg.imp.levels + 1)
     for lv in levels:
         if lv > run.cfg.imp.levels or lv < 0:
@@ -150,12 +154,12 @@ def cmd_imp(args: argparse.Namespace) -> None:
 
 
 def cmd_branch(args: argparse.Namespace) -> None:
-    run = open_run(args.config, args.run_dir, _runtime(args))
+    run = open_run(args.config, args.run_dir, _runtime(args), args.experiment, args.seed)
     _report(run.branch(args.kind, args.level, args.replicate), run.level_dir(args.level, args.kind, args.replicate))
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    run = open_run(args.config, args.run_dir, _runtime(args))
+    run = open_run(args.config, args.run_dir, _runtime(args), args.experiment, args.seed)
     _report(run.finetune(args.level), run.level_dir(args.level, "finetune"))
 
 
@@ -193,7 +197,8 @@ def cmd_lth_figure(args: argparse.Namespace) -> None:
 def cmd_hash(args: argparse.Namespace) -> None:
     from . import config
 
-    print(config.load(args.config).run_name())
+    cfg = config.load_experiment(args.config, args.experiment, args.seed) if args.experiment else config.load(args.config)
+    print(cfg.run_name())
 
 
 COMMANDS = {"train": cmd_train, "imp": cmd_imp, "branch": cmd_branch, "finetune": cmd_finetune,

@@ -293,18 +293,50 @@ def from_dict(raw: Any) -> RunConfig:
 
 def load(path: str | Path) -> RunConfig:
     path = Path(path)
+    try:
+        return from_dict(_read_yaml(path))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def load_experiment(path: str | Path, experiment: str, seed: int) -> RunConfig:
+    """The run config of one experiment and seed in a workflow config (``config/*.yaml``).
+
+    A workflow config holds ``experiments: {<id>: {run: <RunConfig without name/seeds>, ...}}``; the other
+    keys of an experiment (seeds, baselines, analyses) belong to the workflow. The experiment id becomes
+    the run name, and one integer seed sets all three seed streams."""
+    raw = _read_yaml(Path(path))
+    experiments = raw.get("experiments") if isinstance(raw, dict) else None
+    if not isinstance(experiments, dict) or experiment not in experiments:
+        known = ", ".join(sorted(experiments)) if isinstance(experiments, dict) else "none"
+        raise ConfigError(f"{path}: experiments.{experiment}: no such experiment (known: {known})")
+    return experiment_run(experiments[experiment], experiment, seed, str(path))
+
+
+def experiment_run(spec: Any, experiment: str, seed: int, where: str = "config") -> RunConfig:
+    if not isinstance(spec, dict) or not isinstance(spec.get("run"), dict):
+        raise ConfigError(f"{where}: experiments.{experiment}.run: required mapping is missing")
+    run = dict(spec["run"])
+    for key in ("name", "seeds"):
+        if key in run:
+            raise ConfigError(f"{where}: experiments.{experiment}.run.{key}: set by the workflow (experiment id, seed list)")
+    run["name"] = experiment
+    run["seeds"] = {"init": seed, "data_order": seed, "augmentation": seed}
+    try:
+        return from_dict(run)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: experiments.{experiment}.run.{e}") from None
+
+
+def _read_yaml(path: Path) -> Any:
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(e, 'problem', e)})") from None
-    try:
-        return from_dict(raw)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
 
 
 def dump(cfg: RunConfig) -> str:
