@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", type=Path)
     p.add_argument("--experiment")
     p.add_argument("--seed", type=int, default=0)
+
+    from .report.commands import register  # report, audit
+
+    COMMANDS.update(register(sub))
     return parser
 
 

@@ -1,49 +1,361 @@
-"""Figures (seaborn, PNG), drawn from the tidy tables only."""
+"""The papers' key figures (seaborn, PNG), drawn from the tidy tables only.
+
+Every curve is the mean over seeds with a min-max band (the LTH's and Stabilizing's error bars:
+"min and max of any trial"). Sparsity is shown as % of weights remaining on a log axis that runs
+from dense (left) to sparse (right), as in the papers. PNGs carry fixed metadata and are written
+atomically, so drawing the same tables twice gives byte-identical files (DVC and the tests rely on it).
+
+Each ``*_figure`` function returns the files it wrote; :func:`draw_all` picks the figures that a
+family's data supports and skips (and reports) the ones whose analysis was not run at this scale.
+"""
 
 from __future__ import annotations
 
+import io
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on clusters or CI
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
 from ..checkpoints import atomic_write  # noqa: E402
 
 BRANCH_LABELS = {"imp": "IMP (winning ticket)", "random_reinit": "random reinit", "random_prune": "random pruning",
                  "oneshot": "one-shot pruning", "finetune": "fine-tuning", "copy": "SGD-noise copy"}
+BRANCH_COLORS = dict(zip(BRANCH_LABELS.values(), sns.color_palette("colorblind", len(BRANCH_LABELS))))
+BAND = ("pi", 100)  # the band spans min..max over seeds
+REMAINING = "weights remaining (%)"
+ACCURACY = "test accuracy (%)"
 
 
 def save_png(fig: plt.Figure, path: Path) -> None:
     """Write a figure atomically with fixed metadata, so reruns give byte-identical PNGs."""
-    import io
-
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=150, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
     atomic_write(path, buf.getvalue())
 
 
-def accuracy_vs_density(table: pd.DataFrame, output: Path, title: str = "") -> None:
-    """Test accuracy (at early stop where there is a validation split, else at the end of training)
-    vs. % of weights remaining on a log axis; mean over seeds with a min-max band (the LTH's error bars)."""
-    df = table[table["branch"].isin(["imp", "random_reinit", "random_prune", "oneshot", "finetune"])].copy()
-    df["% weights remaining"] = 100 * df["density"]
+def _theme() -> None:
+    sns.set_theme(style="whitegrid", context="notebook", font_scale=0.95)
+
+
+def _subplots(*args, **kwargs):
+    """Constrained layout keeps the two-line suptitle clear of the panel titles."""
+    return plt.subplots(*args, layout="constrained", **kwargs)
+
+
+def _remaining_axis(ax: plt.Axes, densities: pd.Series) -> None:
+    """Log x axis of % remaining, dense on the left, ticks at the levels actually trained."""
+    ax.set_xscale("log")
+    values = sorted({round(100 * d, 1) for d in densities.dropna()}, reverse=True)
+    step = max(1, int(np.ceil(len(values) / 8)))
+    ticks = values[::step]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"{t:g}" for t in ticks])
+    if values:
+        ax.set_xlim(max(values) * 1.15, min(values) / 1.15)
+    ax.set_xlabel(REMAINING)
+
+
+def _title(fig: plt.Figure, what: str, experiment: str, table: pd.DataFrame, scale: str) -> None:
+    row = table.iloc[0]
+    seeds = table["seed"].nunique()
+    spread = "; mean over seeds, band = min-max" if seeds > 1 else ""
+    fig.suptitle(f"{what}\n{experiment} ({row['network']} / {row['dataset']}), scale: {scale}, "
+                 f"{seeds} seed{'s' * (seeds != 1)}{spread}", fontsize="medium")
+
+
+def _pct(df: pd.DataFrame) -> pd.DataFrame:
+    return df.assign(**{REMAINING: 100 * df["density"]})
+
+
+def _baselines(jobs: pd.DataFrame, branches: list[str]) -> pd.DataFrame:
+    """IMP levels plus the baselines trained at those levels (level 0, the dense net, is the
+    common starting point of every curve)."""
+    df = jobs[jobs["branch"].isin(branches) & (jobs["branch"] != "copy")].copy()
+    dense = jobs[(jobs["branch"] == "imp") & (jobs["level"] == 0)]
+    extra = [dense.assign(branch=b) for b in branches if b != "imp" and (df["branch"] == b).any()]
+    df = pd.concat([df, *extra], ignore_index=True)
+    return _pct(df).assign(method=df["branch"].map(BRANCH_LABELS))
+
+
+# --------------------------------------------------------------------------------------------------
+# Frankle & Carbin 2019
+# --------------------------------------------------------------------------------------------------
+
+
+def _accuracy_figure(table: pd.DataFrame, branches: tuple[str, ...]) -> plt.Figure:
+    df = _baselines(table, list(branches))
     has_es = df["early_stop_test_acc"].notna().any()
-    panels = [("final_test_acc", "at end of training")] + ([("early_stop_test_acc", "at early stop (min val loss)")] if has_es else [])
-    sns.set_theme(style="whitegrid", context="notebook")
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
+    panels = ([("early_stop_test_acc", "at early stop (minimum validation loss)")] if has_es else []) + [
+        ("final_test_acc", "at the end of training")]
+    _theme()
+    fig, axes = _subplots(1, len(panels), figsize=(6.2 * len(panels), 4.6), squeeze=False, sharey=True)
     for ax, (col, label) in zip(axes[0], panels):
-        d = df.assign(**{"test accuracy (%)": 100 * df[col], "method": df["branch"].map(BRANCH_LABELS)})
-        sns.lineplot(data=d, x="% weights remaining", y="test accuracy (%)", hue="method", marker="o",
-                     errorbar=("pi", 100), estimator="mean", ax=ax)
-        ax.set_xscale("log")
-        ax.invert_xaxis()
-        ax.set_title(f"test accuracy {label}")
+        d = df.assign(**{ACCURACY: 100 * df[col].astype(float)})
+        sns.lineplot(data=d, x=REMAINING, y=ACCURACY, hue="method", palette=BRANCH_COLORS, marker="o",
+                     errorbar=BAND, ax=ax)
+        _remaining_axis(ax, df["density"])
+        ax.set_title(f"test accuracy {label}", fontsize="medium")
         ax.legend(title=None, fontsize="small")
+    return fig
+
+
+def accuracy_vs_density(table: pd.DataFrame, output: Path, title: str = "",
+                        branches: tuple[str, ...] = ("imp", "random_reinit", "random_prune", "oneshot", "finetune")) -> None:
+    """Test accuracy at early stop (where there is a validation split) and at the end of training vs.
+    % weights remaining, for IMP and its baselines (LTH Figs. 3-5: early stop; Fig. 4b: end)."""
+    fig = _accuracy_figure(table, branches)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize="medium")
     save_png(fig, output)
+
+
+def lth_accuracy_figure(jobs: pd.DataFrame, experiment: str, scale: str, out: Path) -> list[tuple[Path, str]]:
+    df = jobs[jobs["experiment"] == experiment]
+    fig = _accuracy_figure(df, ("imp", "random_reinit", "random_prune"))
+    _title(fig, "Frankle & Carbin 2019, Figs. 3-5: winning tickets vs. random reinit and random pruning", experiment, df, scale)
+    path = out / f"lth_accuracy_{experiment}.png"
+    save_png(fig, path)
+    return [(path, f"{experiment}: test accuracy vs. weights remaining for IMP, random reinitialization and random "
+                   f"pruning (Frankle & Carbin 2019, Figs. 3-5)")]
+
+
+def lth_early_stop_figure(jobs: pd.DataFrame, experiment: str, scale: str, out: Path) -> list[tuple[Path, str]]:
+    """Early-stop iteration (minimum validation loss) vs. % remaining: the LTH's learning-speed proxy."""
+    df = jobs[jobs["experiment"] == experiment]
+    d = _baselines(df, ["imp", "random_reinit", "random_prune"]).dropna(subset=["early_stop_step"])
+    if d.empty:
+        return []
+    d = d.assign(**{"early-stop iteration": d["early_stop_step"].astype(float)})
+    _theme()
+    fig, ax = _subplots(figsize=(6.4, 4.6))
+    sns.lineplot(data=d, x=REMAINING, y="early-stop iteration", hue="method", palette=BRANCH_COLORS, marker="o",
+                 errorbar=BAND, ax=ax)
+    _remaining_axis(ax, d["density"])
+    ax.set_ylabel("early-stop iteration (iterations)")
+    ax.legend(title=None, fontsize="small")
+    _title(fig, "Frankle & Carbin 2019, Figs. 3-5: iteration of minimum validation loss", experiment, df, scale)
+    path = out / f"lth_early_stop_{experiment}.png"
+    save_png(fig, path)
+    return [(path, f"{experiment}: early-stop iteration (minimum validation loss) vs. weights remaining "
+                   f"(Frankle & Carbin 2019, Figs. 3-5)")]
+
+
+# --------------------------------------------------------------------------------------------------
+# Frankle et al. 2019/2020 (Stabilizing the LTH; Linear Mode Connectivity)
+# --------------------------------------------------------------------------------------------------
+
+
+def _k_label(k: float) -> str:
+    return f"k = {k:g}" if np.isfinite(k) else "k unknown"
+
+
+def stabilized_accuracy_figure(jobs: pd.DataFrame, group: pd.DataFrame, name: str, scale: str, out: Path) -> list[tuple[Path, str]]:
+    """IMP test accuracy vs. % remaining, one curve per rewind point k (Stabilizing Fig. 5; LMC Fig. 7)."""
+    df = _pct(group[group["branch"] == "imp"])
+    df = df.assign(**{ACCURACY: 100 * df["final_test_acc"].astype(float),
+                      "rewind point": df["rewind_step"].map(_k_label)})
+    order = [_k_label(k) for k in sorted(df["rewind_step"].unique())]
+    _theme()
+    fig, ax = _subplots(figsize=(6.6, 4.6))
+    sns.lineplot(data=df, x=REMAINING, y=ACCURACY, hue="rewind point", hue_order=order, marker="o", errorbar=BAND,
+                 palette="viridis", ax=ax)
+    _remaining_axis(ax, df["density"])
+    ax.legend(title="rewind point (iterations)", fontsize="small")
+    _title(fig, "Frankle et al. 2019/2020: IMP with rewinding to step k, final test accuracy", name, group, scale)
+    path = out / f"stabilized_accuracy_{_slug(name)}.png"
+    save_png(fig, path)
+    return [(path, f"{name}: IMP subnetworks rewound to step k, final test accuracy vs. weights remaining "
+                   f"(Stabilizing the LTH Fig. 5; LMC Fig. 7)")]
+
+
+def stabilized_instability_figure(group: pd.DataFrame, instability: pd.DataFrame, name: str, scale: str,
+                                  out: Path) -> list[tuple[Path, str]]:
+    """Left: error barrier vs. rewind point k for the dense net and the IMP subnetworks (LMC Figs. 3, 5).
+    Right: test error along the linear path between the two SGD-noise copies, per k (LMC Fig. 2)."""
+    from .claims import barriers
+    from .tables import INSTABILITY_ERROR
+
+    inst = instability[instability["experiment"].isin(group["experiment"].unique())]
+    if inst.empty:
+        return []
+    dens = group[group["branch"] == "imp"].groupby("level")["density"].mean()
+    label = lambda lv: "dense network" if lv == 0 else f"IMP, {100 * dens.get(lv, np.nan):.3g}% remaining"  # noqa: E731
+    b = barriers(inst)
+    b = b.assign(subnetwork=b["level"].map(label), barrier_pp=b["barrier"])
+    levels = sorted(b["level"].unique())
+    _theme()
+    fig, (ax1, ax2) = _subplots(1, 2, figsize=(12.4, 4.6))
+    sns.lineplot(data=b, x="rewind_step", y="barrier_pp", hue="subnetwork", hue_order=[label(lv) for lv in levels],
+                 marker="o", errorbar=BAND, ax=ax1, palette="rocket")
+    ks = sorted(b["rewind_step"].unique())
+    if len(ks) > 1 and ks[0] == 0:
+        ax1.set_xscale("symlog", linthresh=max(1.0, ks[1]))
+    ax1.xaxis.set_major_locator(FixedLocator(ks))
+    ax1.xaxis.set_minor_locator(NullLocator())
+    ax1.set_xticklabels([f"{k:g}" for k in ks])
+    ax1.axhline(2.0, color="0.5", ls="--", lw=1)
+    ax1.text(ax1.get_xlim()[1], 2.0, " stable: < 2 pp", va="bottom", ha="right", fontsize="x-small", color="0.4")
+    ax1.set_xlabel("rewind point k (iterations)")
+    ax1.set_ylabel("error barrier (pp of test error)")
+    ax1.set_title("instability: error barrier between two copies", fontsize="medium")
+    ax1.legend(title=None, fontsize="small")
+    path_df = inst.assign(**{"test error (%)": 100 * inst[INSTABILITY_ERROR].astype(float),
+                             "rewind point": inst["rewind_step"].map(_k_label),
+                             "subnetwork": inst["level"].map(label)})
+    path_df = path_df[path_df["level"] == levels[-1]]
+    sns.lineplot(data=path_df, x="alpha", y="test error (%)", hue="rewind point",
+                 hue_order=[_k_label(k) for k in ks if (path_df["rewind_step"] == k).any()], errorbar=BAND,
+                 palette="viridis", ax=ax2)
+    ax2.set_xlabel("interpolation coefficient α (0 = copy 1, 1 = copy 2)")
+    ax2.set_title(f"test error along the linear path: {label(levels[-1])}", fontsize="medium")
+    ax2.legend(title="rewind point (iterations)", fontsize="small")
+    _title(fig, "Frankle et al. 2020 (LMC): instability analysis", name, group, scale)
+    path = out / f"stabilized_instability_{_slug(name)}.png"
+    save_png(fig, path)
+    return [(path, f"{name}: error barrier between two copies trained from step k with different SGD noise "
+                   f"(dense network and IMP subnetworks), and the test error along the path (LMC Figs. 2-5)")]
+
+
+# --------------------------------------------------------------------------------------------------
+# Saleem et al. 2024
+# --------------------------------------------------------------------------------------------------
+
+
+def saleem_methods_figure(jobs: pd.DataFrame, experiment: str, scale: str, out: Path) -> list[tuple[Path, str]]:
+    df = jobs[jobs["experiment"] == experiment]
+    fig = _accuracy_figure(df, ("imp", "oneshot", "finetune", "random_reinit", "random_prune"))
+    _title(fig, "Saleem et al. 2024: IMP vs. one-shot pruning, fine-tuning, random reinit and random pruning",
+           experiment, df, scale)
+    path = out / f"saleem_methods_{experiment}.png"
+    save_png(fig, path)
+    return [(path, f"{experiment}: IMP with rewinding vs. one-shot magnitude pruning, fine-tuning (Renda et al. 2020), "
+                   f"random reinitialization and random pruning at the same per-layer sparsity")]
+
+
+def saleem_levels_figure(jobs: pd.DataFrame, hessian: pd.DataFrame | None, experiment: str, scale: str,
+                         out: Path) -> list[tuple[Path, str]]:
+    """Per IMP level: training loss and test accuracy of the trained network and, where the Hessian
+    analysis ran, its top eigenvalues and log-volume estimate (Saleem et al. 2024)."""
+    from .tables import HESSIAN_EIGENVALUE, HESSIAN_LOG_VOLUME
+
+    df = jobs[(jobs["experiment"] == experiment) & (jobs["branch"] == "imp")]
+    if df.empty:
+        return []
+    df = _pct(df).assign(**{ACCURACY: 100 * df["final_test_acc"].astype(float),
+                            "training loss (cross-entropy, nats)": df["final_train_loss"].astype(float)})
+    h = None if hessian is None else hessian[(hessian["experiment"] == experiment) & (hessian.get("branch", "imp") == "imp")]
+    panels = [("training loss (cross-entropy, nats)", df, None), (ACCURACY, df, None)]
+    if h is not None and not h.empty:
+        h = _pct(h)
+        panels += [("top Hessian eigenvalues", h, "index"), ("log-volume estimate (nats)", h, None)]
+    _theme()
+    fig, axes = _subplots(1, len(panels), figsize=(4.8 * len(panels), 4.4), squeeze=False)
+    for ax, (what, d, hue) in zip(axes[0], panels):
+        if what == "top Hessian eigenvalues":
+            d = d.assign(eigenvalue=d[HESSIAN_EIGENVALUE].astype(float), rank=d["index"].map(lambda i: f"λ{int(i) + 1}"))
+            sns.lineplot(data=d, x=REMAINING, y="eigenvalue", hue="rank", marker="o", errorbar=BAND, ax=ax,
+                         palette="mako", legend="brief")
+            ax.set_yscale("log")
+            ax.set_ylabel("eigenvalue of the training-loss Hessian")
+            ax.legend(title=None, fontsize="x-small", ncol=2)
+        elif what == "log-volume estimate (nats)":
+            d = d.drop_duplicates(["seed", "level"]).assign(**{what: d[HESSIAN_LOG_VOLUME].astype(float)})
+            sns.lineplot(data=d, x=REMAINING, y=what, marker="o", errorbar=BAND, ax=ax, color="C4")
+        else:
+            sns.lineplot(data=d, x=REMAINING, y=what, marker="o", errorbar=BAND, ax=ax, color="C0")
+        _remaining_axis(ax, d["density"])
+        ax.set_title(what.split(" (")[0], fontsize="medium")
+    _title(fig, "Saleem et al. 2024: the IMP solution at each level", experiment, df, scale)
+    path = out / f"saleem_levels_{experiment}.png"
+    save_png(fig, path)
+    note = "" if len(panels) > 2 else " (Hessian analysis not run at this scale)"
+    return [(path, f"{experiment}: per IMP level, training loss, test accuracy, top Hessian eigenvalues and "
+                   f"log-volume of the trained network (Saleem et al. 2024){note}")]
+
+
+def saleem_successive_figure(jobs: pd.DataFrame, successive: pd.DataFrame, experiment: str, scale: str,
+                             out: Path) -> list[tuple[Path, str]]:
+    """Training loss along the line from the level-L solution to the level-(L+1) solution (Saleem et al.;
+    Paul et al. 2023 measure the error barrier of the same path)."""
+    from .tables import SUCCESSIVE_LOSS
+
+    s = successive[successive["experiment"] == experiment]
+    if s.empty:
+        return []
+    s = s.assign(pair=s["level"].map(lambda lv: f"level {int(lv)} → {int(lv) + 1}"),
+                 loss=s[SUCCESSIVE_LOSS].astype(float))
+    order = [f"level {lv} → {lv + 1}" for lv in sorted(s["level"].astype(int).unique())]
+    _theme()
+    fig, ax = _subplots(figsize=(6.6, 4.6))
+    sns.lineplot(data=s, x="alpha", y="loss", hue="pair", hue_order=order, errorbar=BAND, palette="crest", ax=ax)
+    ax.set_xlabel("interpolation coefficient α (0 = level L, 1 = level L+1)")
+    ax.set_ylabel("training loss (cross-entropy, nats)")
+    ax.legend(title=None, fontsize="small", ncol=2)
+    _title(fig, "Saleem et al. 2024: loss along the line between successive IMP solutions", experiment,
+           jobs[jobs["experiment"] == experiment], scale)
+    path = out / f"saleem_successive_{experiment}.png"
+    save_png(fig, path)
+    return [(path, f"{experiment}: training loss along the linear path between the solutions of IMP levels L and L+1")]
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+def group_name(experiments: list[str]) -> str:
+    """A k sweep's name: the experiments' common prefix without a trailing '_k'/'-k' (or the first id)."""
+    import os
+
+    prefix = os.path.commonprefix(sorted(experiments)).rstrip("_-")
+    if prefix.endswith(("_k", "-k")):
+        prefix = prefix[:-2]
+    return prefix.rstrip("_-") or sorted(experiments)[0]
+
+
+def draw_all(data: dict[str, pd.DataFrame | None], scale: str, out: Path) -> tuple[list[tuple[Path, str]], dict[str, str]]:
+    """Every figure the tables support, per family; returns (drawn figures with captions, skipped
+    figure -> reason)."""
+    jobs = data["jobs"]
+    drawn: list[tuple[Path, str]] = []
+    skipped: dict[str, str] = {}
+
+    def attempt(name: str, needs: str | None, draw: Callable[[], list[tuple[Path, str]]]) -> None:
+        if needs is not None and data.get(needs) is None:
+            skipped[name] = f"the {needs} analysis was not run at this scale"
+            return
+        got = draw()
+        if got:
+            drawn.extend(got)
+        else:
+            skipped[name] = "no data for it in these results"
+
+    families = jobs.groupby("experiment")["family"].first()
+    for exp, fam in families.items():
+        if fam == "lth":
+            attempt(f"lth_accuracy_{exp}", None, lambda e=exp: lth_accuracy_figure(jobs, e, scale, out))
+            attempt(f"lth_early_stop_{exp}", None, lambda e=exp: lth_early_stop_figure(jobs, e, scale, out))
+        elif fam == "saleem":
+            attempt(f"saleem_methods_{exp}", None, lambda e=exp: saleem_methods_figure(jobs, e, scale, out))
+            attempt(f"saleem_levels_{exp}", None, lambda e=exp: saleem_levels_figure(jobs, data.get("hessian"), e, scale, out))
+            attempt(f"saleem_successive_{exp}", "successive",
+                    lambda e=exp: saleem_successive_figure(jobs, data["successive"], e, scale, out))
+    stab = jobs[jobs["family"] == "stabilized"]
+    for _, group in stab.groupby("group", sort=True):
+        name = group_name(list(group["experiment"].unique()))
+        attempt(f"stabilized_accuracy_{name}", None, lambda g=group, n=name: stabilized_accuracy_figure(jobs, g, n, scale, out))
+        attempt(f"stabilized_instability_{name}", "instability",
+                lambda g=group, n=name: stabilized_instability_figure(g, data["instability"], n, scale, out))
+    return drawn, skipped

@@ -1,27 +1,160 @@
-"""Tidy tables: one row per trained network (job), read from the jobs' summary.json files."""
+"""Tidy tables: one row per observation, read from the stored runs only (never from logs).
+
+A workflow config named N keeps its runs at ``results/N/runs/<experiment>/seed<S>/`` (see ``imp.py``
+for the inside of a run). From there this module builds:
+
+- ``jobs``: one row per trained network (a job's summary.json), with the run's experiment, family,
+  network, dataset, seed and rewind step k;
+- ``hessian``, ``instability``, ``successive``: the analyses' CSVs (``RUN/analysis/<kind>/*.csv``)
+  stacked, with the same run columns.
+
+``density`` (fraction of prunable weights remaining) is the only sparsity vocabulary in tables;
+figures and the report convert it to "% remaining" when displaying.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
 
+RUN_COLUMNS = ["experiment", "family", "group", "network", "dataset", "seed", "rewind_step", "run"]
 JOB_COLUMNS = ["experiment", "run", "config_hash", "seed", "branch", "level", "replicate", "density",
                "final_test_acc", "final_test_loss", "final_train_loss", "final_train_acc",
                "early_stop_step", "early_stop_test_acc", "early_stop_val_loss", "start_step", "end_step", "job"]
+SORT = ["experiment", "seed", "branch", "level", "replicate"]
+
+# Columns each analysis CSV must have (written by ticketbench.analysis); anything else is kept as is.
+ANALYSES: dict[str, list[str]] = {
+    "hessian": ["level", "density"],
+    "instability": ["level", "alpha"],
+    "successive": ["level", "alpha"],
+}
+# The analysis columns the figures and claims read (fractions for errors, nats for losses).
+INSTABILITY_ERROR = "test_error"
+SUCCESSIVE_ERROR = "test_error"
+SUCCESSIVE_LOSS = "train_loss"
+HESSIAN_EIGENVALUE = "eigenvalue"
+HESSIAN_LOG_VOLUME = "log_volume"
+
+
+class ResultsError(ValueError):
+    """A stored result is malformed (as opposed to missing, which the report tolerates and says so)."""
+
+
+def run_dirs(results: Path) -> list[Path]:
+    """The run directories of one workflow config's results: ``results/runs/<experiment>/seed<S>``."""
+    return sorted(p.parent for p in (Path(results) / "runs").glob("*/seed*/config.yaml"))
 
 
 def collect(run_dirs: list[Path]) -> pd.DataFrame:
-    """Every finished job under the given run directories. ``density`` is the fraction of prunable
-    weights remaining (the only sparsity vocabulary in tables; figures convert it to %)."""
+    """Every finished job under the given run directories (a job is finished once its summary.json
+    exists). ``job`` is the job directory relative to its run, so tables do not depend on where the
+    results were checked out."""
     rows = []
-    for run in run_dirs:
-        cfg = yaml.safe_load((run / "config.yaml").read_text())
+    for run in map(Path, run_dirs):
+        cfg = _run_config(run)
         for path in sorted(run.glob("*/level_*/**/summary.json")):
             s = json.loads(path.read_text())
             rows.append({**{k: s.get(k) for k in JOB_COLUMNS}, "experiment": cfg.get("name"), "run": run.name,
-                         "seed": cfg.get("seeds", {}).get("init", 0), "job": str(path.parent)})
-    return pd.DataFrame(rows, columns=JOB_COLUMNS).sort_values(["experiment", "seed", "branch", "level", "replicate"],
-                                                               na_position="first", ignore_index=True)
+                         "seed": (cfg.get("seeds") or {}).get("init", 0),
+                         "job": path.parent.relative_to(run).as_posix()})
+    df = pd.DataFrame(rows, columns=JOB_COLUMNS)
+    return df.sort_values(SORT, na_position="first", ignore_index=True)
+
+
+def jobs(results: Path, families: dict[str, str] | None = None) -> pd.DataFrame:
+    """The jobs of every run under ``results``, with the run columns (see :func:`run_info`)."""
+    runs = run_dirs(results)
+    info = pd.DataFrame([run_info(r, families) for r in runs], columns=RUN_COLUMNS + ["_dir"])
+    df = collect(runs)
+    if df.empty:
+        return pd.DataFrame(columns=RUN_COLUMNS + [c for c in JOB_COLUMNS if c not in RUN_COLUMNS])
+    df["run"] = [f"{e}/seed{s}" for e, s in zip(df["experiment"], df["seed"])]
+    df = df.drop(columns=["experiment", "seed"]).merge(info.drop(columns="_dir"), on="run", how="left")
+    return df[RUN_COLUMNS + [c for c in JOB_COLUMNS if c not in RUN_COLUMNS]].sort_values(
+        SORT, na_position="first", ignore_index=True)
+
+
+def run_info(run: Path, families: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run-level columns. ``group`` joins runs whose configs differ only in the rewind point k (the
+    Stabilizing/LMC sweeps over k); ``rewind_step`` is k in iterations, read from the jobs that start
+    there (a level >= 1 or a copy), else from the config if it is given in iterations."""
+    cfg = _run_config(run)
+    experiment = cfg.get("name")
+    return {"experiment": experiment, "family": (families or {}).get(experiment), "group": _group_of(cfg),
+            "network": cfg["model"]["name"], "dataset": cfg["data"]["name"], "seed": cfg["seeds"]["init"],
+            "rewind_step": _rewind_step(run, cfg), "run": f"{experiment}/seed{cfg['seeds']['init']}", "_dir": run}
+
+
+def analysis(results: Path, kind: str, families: dict[str, str] | None = None) -> pd.DataFrame | None:
+    """One analysis (hessian, instability, successive) over all runs, or None if no run has it.
+
+    A missing analysis is normal (not run at this scale); a CSV without the required columns is an
+    error that names the file."""
+    frames = []
+    for run in run_dirs(results):
+        info = run_info(run, families)
+        for path in sorted((run / "analysis" / kind).glob("*.csv")):
+            df = pd.read_csv(path)
+            missing = [c for c in ANALYSES[kind] if c not in df.columns]
+            if missing:
+                raise ResultsError(f"{path}: malformed {kind} table, missing column(s) {', '.join(missing)}")
+            df = df.drop(columns=[c for c in RUN_COLUMNS if c in df.columns])
+            for col in reversed(RUN_COLUMNS):
+                df.insert(0, col, info[col])
+            frames.append(df)
+    if not frames:
+        return None
+    out = pd.concat(frames, ignore_index=True)
+    keys = [c for c in ("experiment", "seed", "level", "branch", "replicate", "pair", "alpha", "index") if c in out.columns]
+    return out.sort_values(keys, ignore_index=True, kind="stable")
+
+
+def families_of(workflow_config: Path | None) -> dict[str, str]:
+    """experiment id -> family (lth, stabilized, saleem) from a workflow config (``config/N.yaml``)."""
+    if workflow_config is None:
+        return {}
+    raw = yaml.safe_load(Path(workflow_config).read_text()) or {}
+    return {eid: spec.get("family") for eid, spec in (raw.get("experiments") or {}).items() if isinstance(spec, dict)}
+
+
+def write_csv(df: pd.DataFrame, path: Path) -> None:
+    """Deterministic CSV (fixed float format), written atomically: reruns give identical bytes."""
+    from ..checkpoints import atomic_write
+
+    atomic_write(path, df.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
+
+
+def _run_config(run: Path) -> dict[str, Any]:
+    path = run / "config.yaml"
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ResultsError(f"{path}: unreadable run config ({e})") from None
+
+
+def _group_of(cfg: dict[str, Any]) -> str:
+    """An id shared by runs that differ only in the rewind point (and name/seed/hash)."""
+    import hashlib
+
+    rest = {k: v for k, v in cfg.items() if k not in ("name", "source", "hash", "seeds")}
+    rest["imp"] = {k: v for k, v in (rest.get("imp") or {}).items() if k != "rewind"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _rewind_step(run: Path, cfg: dict[str, Any]) -> float:
+    for path in sorted(run.glob("*/level_*/**/summary.json")):
+        s = json.loads(path.read_text())
+        if s.get("branch") not in (None, "finetune") and (s.get("level") or s.get("branch") == "copy"):
+            return float(s["start_step"])
+    from ..config import ConfigError, parse_steps
+
+    try:
+        epochs, iterations = parse_steps(cfg["imp"]["rewind"])
+    except (ConfigError, KeyError):
+        return float("nan")
+    return float(iterations) if epochs == 0 else float("nan")

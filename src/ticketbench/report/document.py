@@ -1,0 +1,297 @@
+"""The reviewer-facing report of one workflow config's results: ``results/N/``.
+
+``ticketbench report results/N --config config/N.yaml`` runs two parts, which DVC runs as two stages:
+
+- ``figures``: ``tables/*.csv`` (tidy, from the runs) and ``figures/*.png`` (from the tables);
+- ``document``: ``report.md``, ``report.html`` (figures inline, viewable offline) and ``metrics.json``
+  (headline numbers per experiment for ``dvc metrics diff``), from the tables, the figures, the run
+  configs and ``config/claims.yaml``.
+
+Everything written is a pure function of the stored runs, so a rerun gives identical bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from . import claims as claims_mod
+from . import tables
+
+ANALYSES = tuple(tables.ANALYSES)
+VERDICT_ORDER = (claims_mod.REPRODUCED, claims_mod.NOT_REPRODUCED, claims_mod.NOT_RUN, claims_mod.NOT_CHECKED)
+
+
+def scale_of(results: Path, workflow_config: Path | None) -> str:
+    """The scale label in titles: the workflow config's ``scale`` or ``name`` key, else the folder name."""
+    if workflow_config is not None:
+        raw = yaml.safe_load(Path(workflow_config).read_text()) or {}
+        for key in ("scale", "name"):
+            if isinstance(raw.get(key), str):
+                return raw[key]
+    return Path(results).resolve().name
+
+
+def write_tables(results: Path, workflow_config: Path | None) -> dict[str, pd.DataFrame | None]:
+    """tables/jobs.csv and one CSV per analysis that was run (stale ones are removed)."""
+    families = tables.families_of(workflow_config)
+    out = Path(results) / "tables"
+    data: dict[str, pd.DataFrame | None] = {"jobs": tables.jobs(results, families)}
+    for kind in ANALYSES:
+        data[kind] = tables.analysis(results, kind, families)
+    for name, df in data.items():
+        path = out / f"{name}.csv"
+        if df is None:
+            path.unlink(missing_ok=True)
+        else:
+            tables.write_csv(df, path)
+    return data
+
+
+def read_tables(results: Path) -> dict[str, pd.DataFrame | None]:
+    folder = Path(results) / "tables"
+    if not (folder / "jobs.csv").is_file():
+        raise tables.ResultsError(f"{folder}/jobs.csv: missing; run 'ticketbench report {results} --part figures' first")
+    out: dict[str, pd.DataFrame | None] = {}
+    for name in ("jobs", *ANALYSES):
+        path = folder / f"{name}.csv"
+        out[name] = pd.read_csv(path) if path.is_file() else None
+    return out
+
+
+def write_figures(results: Path, data: dict[str, pd.DataFrame | None], scale: str) -> list[tuple[Path, str]]:
+    from . import figures
+
+    out = Path(results) / "figures"
+    drawn, skipped = figures.draw_all(data, scale, out)
+    keep = {p.name for p, _ in drawn}
+    for stale in out.glob("*.png"):
+        if stale.name not in keep:
+            stale.unlink()
+    from ..checkpoints import atomic_write
+
+    atomic_write(out / "skipped.json", json.dumps(skipped, indent=1, sort_keys=True) + "\n")
+    atomic_write(out / "captions.json", json.dumps({p.name: c for p, c in drawn}, indent=1, sort_keys=True) + "\n")
+    return drawn
+
+
+# --------------------------------------------------------------------------------------------------
+# The document
+# --------------------------------------------------------------------------------------------------
+
+
+def run_configs(results: Path) -> dict[str, dict[str, Any]]:
+    """experiment id -> its run config (seed 0's, or the lowest seed's: they differ only in seeds)."""
+    out: dict[str, dict[str, Any]] = {}
+    for run in tables.run_dirs(results):
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        out.setdefault(cfg["name"], cfg)
+    return out
+
+
+def write_document(results: Path, claims_path: Path, scale: str) -> list[claims_mod.Result]:
+    from ..checkpoints import atomic_write
+
+    results = Path(results)
+    data = read_tables(results)
+    jobs = data["jobs"]
+    found = claims_mod.evaluate(claims_mod.load(claims_path), jobs, run_configs(results), data)
+    figs_dir = results / "figures"
+    captions = json.loads((figs_dir / "captions.json").read_text()) if (figs_dir / "captions.json").is_file() else {}
+    skipped = json.loads((figs_dir / "skipped.json").read_text()) if (figs_dir / "skipped.json").is_file() else {}
+    blocks = _blocks(jobs, found, captions, skipped, scale, claims_path)
+    atomic_write(results / "report.md", _markdown(blocks))
+    atomic_write(results / "report.html", _html(blocks, figs_dir, scale))
+    atomic_write(results / "metrics.json", json.dumps(headline(jobs, found), indent=2, sort_keys=True) + "\n")
+    return found
+
+
+def headline(jobs: pd.DataFrame, found: list[claims_mod.Result]) -> dict[str, Any]:
+    """Per experiment: dense accuracy and, at the sparsest IMP level, every branch's accuracy (mean over
+    seeds); plus the count of claims per verdict. Rounded so that ``dvc metrics diff`` is readable."""
+    out: dict[str, Any] = {"claims": {v.replace(" ", "_"): sum(r.verdict == v for r in found) for v in VERDICT_ORDER}}
+    for exp, df in jobs.groupby("experiment", sort=True):
+        imp = df[df["branch"] == "imp"]
+        entry: dict[str, Any] = {"seeds": int(df["seed"].nunique())}
+        dense = imp[imp["level"] == 0]["final_test_acc"]
+        if not dense.empty:
+            entry["dense_test_acc"] = _r(dense.mean())
+        if not imp.empty:
+            top = int(imp["level"].max())
+            entry["sparsest_level"] = top
+            entry["sparsest_density"] = _r(imp[imp["level"] == top]["density"].mean())
+            entry["sparsest_test_acc"] = {b: _r(g["final_test_acc"].mean())
+                                          for b, g in df[df["level"] == top].groupby("branch", sort=True)}
+        out[str(exp)] = entry
+    return out
+
+
+def _r(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(float(x), 6)
+
+
+def _blocks(jobs: pd.DataFrame, found: list[claims_mod.Result], captions: dict[str, str], skipped: dict[str, str],
+            scale: str, claims_path: Path) -> list[tuple[str, Any]]:
+    """The report as a list of (kind, content) blocks, rendered to Markdown and to HTML."""
+    counts = {v: sum(r.verdict == v for r in found) for v in VERDICT_ORDER}
+    b: list[tuple[str, Any]] = [("h1", f"ticketbench results: {scale} scale")]
+    b.append(("p", "Every number below is computed from the stored runs (`results/<config>/runs/`) by "
+                   "`ticketbench report`; `ticketbench audit` re-evaluates the stored networks and checks the recorded "
+                   "numbers, masks and rewind states. See docs/results.md for how to check them."))
+    b.append(("p", "**Comparability.** The papers' quantitative claims are checked only on runs whose configuration "
+                   "matches the paper's protocol (the `protocol` of each check in `" + claims_path.as_posix() + "`); "
+                   "otherwise they read *not run at this scale*. On reduced scales (fewer iterations, smaller data, "
+                   "narrower networks, other datasets) the absolute numbers in the tables and figures are **not "
+                   "comparable** with the papers'; only the qualitative claims that transfer are checked there."))
+    b.append(("p", "Verdicts: " + ", ".join(f"**{counts[v]}** {v}" for v in VERDICT_ORDER) + ". A verdict tests the "
+                   "expectation on the mean over seeds; the spread is min-max over seeds (the papers' error bars)."))
+    b.append(("h2", "Experiments"))
+    b.append(("table", _experiments(jobs)))
+    b.append(("h2", "Claims"))
+    for paper, rows in _by_paper(found):
+        b.append(("h3", paper))
+        b.append(("table", rows))
+    b.append(("h2", "Figures"))
+    for name, caption in sorted(captions.items()):
+        b.append(("figure", (name, caption)))
+    if skipped:
+        b.append(("h3", "Figures not drawn"))
+        b.append(("list", [f"{k}: {v}" for k, v in sorted(skipped.items())]))
+    return b
+
+
+def _experiments(jobs: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for exp, df in jobs.groupby("experiment", sort=True):
+        imp = df[df["branch"] == "imp"]
+        ks = sorted(df["rewind_step"].dropna().unique())
+        rows.append({"experiment": exp, "family": df["family"].dropna().iloc[0] if df["family"].notna().any() else "",
+                     "network / data": f"{df['network'].iloc[0]} / {df['dataset'].iloc[0]}",
+                     "seeds": ", ".join(str(int(s)) for s in sorted(df["seed"].unique())),
+                     "IMP levels": f"0-{int(imp['level'].max())}" if not imp.empty else "",
+                     "sparsest (% remaining)": f"{100 * imp.groupby('level')['density'].mean().min():.3g}" if not imp.empty else "",
+                     "rewind k (iterations)": ", ".join(f"{k:g}" for k in ks),
+                     "branches": ", ".join(sorted(df["branch"].unique()))})
+    return pd.DataFrame(rows)
+
+
+def _by_paper(found: list[claims_mod.Result]) -> list[tuple[str, pd.DataFrame]]:
+    groups: dict[str, list[dict[str, str]]] = {}
+    for r in found:
+        c = r.claim
+        secondary = " **(secondary source)**" if c["source_type"] in ("secondary", "unverified_summary") else ""
+        where = f" [{c['figure']}]" if c.get("figure") else ""
+        checks = claims_mod._checks(c)
+        chk = checks[0] if checks else None
+        if chk is not None and len(checks) > 1:
+            chk = next((k for k in checks if k.get("label", "") and r.unit.startswith(k["label"])), chk)
+        groups.setdefault(c["paper"], []).append({
+            "claim": f"`{c['id']}`{where}: {c['quantity']} ({c['condition']})",
+            "paper's value": f"{_value_text(c['value'])}" + (f"; tolerance: {c['tolerance']}" if c.get("tolerance") else "")
+                             + f"; source: {c['source_type']}{secondary}",
+            "our check": (claims_mod.expectation(chk) + (f" [{chk['basis']}]" if chk.get("basis") else "")) if chk else
+                         c.get("not_checked", ""),
+            "runs": r.unit,
+            "reproduced (mean, min-max over seeds, n)": r.summary(),
+            "verdict": r.verdict,
+        })
+    return [(p, pd.DataFrame(rows)) for p, rows in groups.items()]
+
+
+def _value_text(v: Any) -> str:
+    if isinstance(v, dict):
+        return "; ".join(f"{k}: {_value_text(x)}" for k, x in v.items())
+    if isinstance(v, list):
+        return ", ".join(map(_value_text, v))
+    return str(v)
+
+
+# ---- rendering ------------------------------------------------------------------------------------
+
+
+def _md_cell(x: Any) -> str:
+    return str(x).replace("|", "\\|").replace("\n", " ")
+
+
+def _markdown(blocks: list[tuple[str, Any]]) -> str:
+    out = []
+    for kind, c in blocks:
+        if kind in ("h1", "h2", "h3"):
+            out.append("#" * int(kind[1]) + " " + c)
+        elif kind == "p":
+            out.append(c)
+        elif kind == "list":
+            out.append("\n".join(f"- {x}" for x in c))
+        elif kind == "table":
+            if c.empty:
+                out.append("(none)")
+                continue
+            head = "| " + " | ".join(map(_md_cell, c.columns)) + " |"
+            rule = "|" + "|".join("---" for _ in c.columns) + "|"
+            body = ["| " + " | ".join(_md_cell(x) for x in row) + " |" for row in c.itertuples(index=False)]
+            out.append("\n".join([head, rule, *body]))
+        elif kind == "figure":
+            name, caption = c
+            out.append(f"![{caption}](figures/{name})\n\n*{caption}*")
+    return "\n\n".join(out) + "\n"
+
+
+def _inline(text: str) -> str:
+    """Markdown emphasis and code spans of our own paragraphs, as HTML."""
+    import re
+
+    s = html.escape(text)
+    s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
+    s = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", s)
+    return re.sub(r"\*([^*]+)\*", r"<em>\1</em>", s)
+
+
+def _html(blocks: list[tuple[str, Any]], figs: Path, scale: str) -> str:
+    css = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;line-height:1.4}"
+           "table{border-collapse:collapse;font-size:0.85em;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 6px;"
+           "vertical-align:top}th{background:#f3f3f3}img{max-width:100%}figure{margin:2em 0}"
+           ".reproduced{background:#e6f4e6}.not-reproduced{background:#fbe3e3}.not-run-at-this-scale{color:#666}"
+           ".not-checked{color:#999}")
+    out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>ticketbench results: {html.escape(scale)}</title>"
+           f"<style>{css}</style></head><body>"]
+    for kind, c in blocks:
+        if kind in ("h1", "h2", "h3"):
+            out.append(f"<{kind}>{html.escape(c)}</{kind}>")
+        elif kind == "p":
+            out.append(f"<p>{_inline(c)}</p>")
+        elif kind == "list":
+            out.append("<ul>" + "".join(f"<li>{_inline(x)}</li>" for x in c) + "</ul>")
+        elif kind == "table":
+            if c.empty:
+                out.append("<p>(none)</p>")
+                continue
+            rows = ["<tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in c.columns) + "</tr>"]
+            for row in c.itertuples(index=False):
+                cls = next((str(x).replace(" ", "-") for x in row if str(x) in VERDICT_ORDER), "")
+                rows.append(f"<tr class='{cls}'>" + "".join(f"<td>{_inline(str(x))}</td>" for x in row) + "</tr>")
+            out.append("<table>" + "".join(rows) + "</table>")
+        elif kind == "figure":
+            name, caption = c
+            data = base64.b64encode((figs / name).read_bytes()).decode()
+            out.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
+                       f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    out.append("</body></html>\n")
+    return "\n".join(out)
+
+
+def build(results: Path, workflow_config: Path | None, claims_path: Path, part: str = "all") -> list[claims_mod.Result]:
+    scale = scale_of(results, workflow_config)
+    if part in ("all", "figures"):
+        write_tables(results, workflow_config)
+        write_figures(results, read_tables(results), scale)  # from the CSVs, exactly as reviewers see them
+    if part in ("all", "document"):
+        return write_document(results, claims_path, scale)
+    return []
+

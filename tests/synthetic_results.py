@@ -1,0 +1,66 @@
+"""A tiny results tree laid out as the workflow lays it out (``results/N/runs/<experiment>/seed<S>/``),
+made with the ``ticketbench`` CLI on synthetic data: one experiment per paper family, seconds to train.
+Shared by the report, audit and DVC tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from ticketbench import cli
+
+RUN = {
+    "data": {"name": "synthetic", "validation_size": 64, "synthetic_train": 384, "synthetic_test": 128,
+             "synthetic_shape": [1, 8, 8]},
+    "model": {"name": "lenet_300_100", "init": "glorot_normal"},
+    "train": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "batch_size": 32, "steps": "40it",
+              "eval_every": "10it", "milestones": ["30it"]},
+    "prune": {"strategy": "layerwise", "rates": {"fc": 0.5, "output": 0.25}},
+}
+LEVELS = 2
+
+
+def workflow_config(name: str = "tiny") -> dict:
+    """Experiments of the three families, as config/*.yaml declares them."""
+    def run(rewind: str, **imp) -> dict:
+        return {**RUN, "imp": {"levels": LEVELS, "rewind": rewind, **imp}}
+
+    return {
+        "name": name,
+        "experiments": {
+            "lth_tiny": {"family": "lth", "seeds": [0, 1], "run": run("0it")},
+            "stab_tiny_k0": {"family": "stabilized", "seeds": [0], "run": run("0it")},
+            "stab_tiny_k10": {"family": "stabilized", "seeds": [0], "run": run("10it")},
+            "saleem_tiny": {"family": "saleem", "seeds": [0], "run": run("5it", finetune_steps="10it")},
+        },
+    }
+
+
+JOBS = {  # family -> (kind, level, replicate) of the branches trained at every pruned level
+    "lth": [("random_reinit", None, 0), ("random_prune", None, 0)],
+    "stabilized": [("copy", 0, 0), ("copy", 0, 1), ("copy", LEVELS, 0), ("copy", LEVELS, 1)],
+    "saleem": [("oneshot", None, 0), ("random_reinit", None, 0), ("random_prune", None, 0), ("finetune", None, None)],
+}
+
+
+def make(results: Path, config_path: Path) -> Path:
+    """Train every job of :func:`workflow_config` into ``results/runs`` (1 thread, no progress bars)."""
+    spec = yaml.safe_load(config_path.read_text())
+    for exp, e in spec["experiments"].items():
+        for seed in e["seeds"]:
+            base = [str(config_path), "--experiment", exp, "--seed", str(seed),
+                    "--run-dir", str(results / "runs" / exp / f"seed{seed}"), "--threads", "1", "--no-progress"]
+            assert cli.main(["imp", *base]) == 0
+            for kind, level, rep in JOBS[e["family"]]:
+                for lv in [level] if level is not None else range(1, LEVELS + 1):
+                    if kind == "finetune":
+                        assert cli.main(["finetune", *base, "--level", str(lv)]) == 0
+                    else:
+                        assert cli.main(["branch", *base, "--kind", kind, "--level", str(lv), "--replicate", str(rep)]) == 0
+    return results
+
+
+def write_config(path: Path, name: str = "tiny") -> Path:
+    path.write_text(yaml.safe_dump(workflow_config(name), sort_keys=False))
+    return path
