@@ -142,6 +142,7 @@ def fit(model: nn.Module, data: Data, cfg: RunConfig, job: Job, runtime: Runtime
     if job.optimizer_state is not None:
         opt.load_state_dict(job.optimizer_state)
     step, rows = job.start, []
+    resumed_loss = (0.0, 0)
 
     ckpt_path = job.out / "checkpoint.pt"
     if ckpt_path.is_file():
@@ -149,16 +150,17 @@ def fit(model: nn.Module, data: Data, cfg: RunConfig, job: Job, runtime: Runtime
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         step, rows = ck["step"], ck["rows"]
+        resumed_loss = ck["train_loss"]  # the running training loss since the last evaluation
         if not job.start <= step <= job.end:
             raise checkpoints.CheckpointError(f"{ckpt_path}: step {step} is outside this job ({job.start}-{job.end}); delete it")
 
     def save_checkpoint() -> None:
-        checkpoints.save(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "rows": rows},
-                         kind="checkpoint", config_hash=config_hash)
+        checkpoints.save(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "rows": rows,
+                                     "train_loss": (float(loss_sum), loss_n)}, kind="checkpoint", config_hash=config_hash)
 
     batches = Batches(data, cfg.train.batch_size, job.data_order_seed, job.augmentation_seed, channels_last)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    loss_n = 0
+    loss_sum = torch.tensor(resumed_loss[0], dtype=torch.float64, device=device)
+    loss_n = resumed_loss[1]
     term = _SigtermFlag()
     last_ckpt = time.monotonic()
     t0, first = time.monotonic(), step

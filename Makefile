@@ -1,0 +1,35 @@
+# Entry points a newcomer needs; everything runs inside .venv/ (made by scripts/setup.sh).
+.PHONY: setup quick test test-fast lint bench lock
+
+PY := .venv/bin/python
+THREADS ?= 2
+
+setup:
+	scripts/setup.sh
+
+# CPU-sized reproduction of all three experiment families on real Fashion-MNIST (see config/quick.yaml).
+quick: setup
+	.venv/bin/snakemake --configfile config/quick.yaml --cores $(THREADS)
+	@echo "quick: report in results/quick/report.md, figures in results/quick/figures/"
+
+# The test suite CI runs (unit, workflow, SLURM and container tests; the last two install what they need
+# when run as root and skip with a reason otherwise).
+test: setup
+	$(PY) -m pytest
+
+# Fast feedback while developing: skip the slow end-to-end tests.
+test-fast: setup
+	$(PY) -m pytest -m "not slow and not slurm and not container"
+
+lint: setup
+	.venv/bin/snakemake --lint --configfile config/smoke.yaml
+	.venv/bin/snakefmt --check Snakefile workflow/rules
+	.venv/bin/hadolint --failure-threshold warning containers/Dockerfile
+
+bench: setup
+	$(PY) bench/throughput.py
+	$(PY) bench/hessian.py
+
+# Re-resolve requirements.lock from pyproject.toml's exact pins (tests/test_lock.py checks they agree).
+lock:
+	.venv/bin/uv pip compile --python-version 3.11 --extra workflow --extra dev --no-header pyproject.toml -o requirements.lock

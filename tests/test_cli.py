@@ -1,0 +1,108 @@
+"""The command line: one-line errors with a non-zero exit, and kill-anywhere resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from ticketbench import checkpoints
+
+from conftest import REPO, TICKETBENCH, make_mnist, tiny_run
+
+
+def ticketbench(*args, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([*TICKETBENCH, *map(str, args), "--threads", "1", "--no-progress"], capture_output=True,
+                          text=True, cwd=REPO, env=env, **kw)
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.startswith("ticketbench: error:")]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_help_lists_the_subcommands():
+    out = subprocess.run([*TICKETBENCH, "--help"], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0
+    for cmd in ("train", "imp", "branch", "finetune", "evaluate"):
+        assert cmd in out.stdout
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"model": {"name": "resnet18"}}, "model.name: unknown value 'resnet18'"),
+    ({"data": {"name": "imagenet"}}, "data.name: unknown value 'imagenet'"),
+    ({"prune": {"strategy": "layerwise", "rates": {"fc": 1.5}}}, "prune.rates.fc: 1.5 is outside (0, 1)"),
+    ({"imp": {"levels": 2, "rewind": "50it"}}, "imp.rewind: step 50"),
+])
+def test_bad_config_fails_with_one_line_and_exit_2(write_config, tmp_path, override, message):
+    result = ticketbench("imp", write_config(tiny_run(**override)), "--run-dir", tmp_path / "run")
+    assert result.returncode == 2
+    assert message in one_line_error(result)
+    assert not (tmp_path / "run" / "imp").exists()  # nothing was started
+
+
+def test_dataset_checksum_failure_fails_clearly(write_config, tmp_path):
+    make_mnist(tmp_path / "data" / "mnist")
+    cfg = tiny_run(data={"name": "mnist", "validation_size": 20})
+    result = ticketbench("train", write_config(cfg), "--run-dir", tmp_path / "run", "--data-root", tmp_path / "data")
+    assert result.returncode == 2
+    assert "MD5" in one_line_error(result)
+    ok = ticketbench("train", write_config(cfg), "--run-dir", tmp_path / "run", "--data-root", tmp_path / "data",
+                     "--no-verify")
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_corrupted_checkpoint_fails_clearly_and_is_kept(write_config, tmp_path):
+    path = write_config(tiny_run())
+    assert ticketbench("train", path, "--run-dir", tmp_path / "run").returncode == 0
+    final = tmp_path / "run" / "imp" / "level_00" / "final.pt"
+    data = bytearray(final.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    final.write_bytes(bytes(data))
+    result = ticketbench("imp", path, "--run-dir", tmp_path / "run", "--level", "1")
+    assert result.returncode == 2
+    assert "final.pt" in one_line_error(result)
+
+
+def _train_until_checkpoint(path, run_dir, sig: int) -> subprocess.CompletedProcess:
+    """Start level 0, wait for its first checkpoint to land, then send ``sig``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ckpt = run_dir / "imp" / "level_00" / "checkpoint.pt"
+    proc = subprocess.Popen([*TICKETBENCH, "train", str(path), "--run-dir", str(run_dir), "--threads", "1",
+                             "--no-progress", "--checkpoint-seconds", "0.05"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_training_resumes_to_identical_weights(write_config, tmp_path, sig):
+    path = write_config(tiny_run(train={"steps": "300it", "eval_every": "50it", "milestones": ["200it"]}))
+    assert ticketbench("train", path, "--run-dir", tmp_path / "ref").returncode == 0
+    killed = _train_until_checkpoint(path, tmp_path / "run", sig)
+    if sig == signal.SIGTERM:
+        assert killed.returncode == 143, killed.stderr  # checkpoint written, exit for requeue
+        assert "checkpoint written" in killed.stderr
+    else:
+        assert killed.returncode == -signal.SIGKILL
+    assert (tmp_path / "run" / "imp" / "level_00" / "checkpoint.pt").exists()
+    assert not (tmp_path / "run" / "imp" / "level_00" / "summary.json").exists()
+    resumed = ticketbench("train", path, "--run-dir", tmp_path / "run")
+    assert resumed.returncode == 0, resumed.stderr
+    ref = checkpoints.load(tmp_path / "ref/imp/level_00/final.pt", kind="model", config_hash=None)["model"]
+    got = checkpoints.load(tmp_path / "run/imp/level_00/final.pt", kind="model", config_hash=None)["model"]
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    assert (tmp_path / "ref/imp/level_00/metrics.csv").read_text() == (tmp_path / "run/imp/level_00/metrics.csv").read_text()
+    assert not (tmp_path / "run" / "imp" / "level_00" / "checkpoint.pt").exists()
