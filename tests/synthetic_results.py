@@ -64,3 +64,17 @@ def make(results: Path, config_path: Path) -> Path:
 def write_config(path: Path, name: str = "tiny") -> Path:
     path.write_text(yaml.safe_dump(workflow_config(name), sort_keys=False))
     return path
+
+
+_TREES: dict[Path, tuple[Path, Path]] = {}
+
+
+def tree(tmp_path_factory) -> tuple[Path, Path]:
+    """(results/tiny, tiny.yaml), trained once per test session and shared read-only: tests that
+    modify results copy them first."""
+    base = tmp_path_factory.getbasetemp()
+    if base not in _TREES:
+        root = tmp_path_factory.mktemp("tree")
+        config = write_config(root / "tiny.yaml")
+        _TREES[base] = (make(root / "results" / "tiny", config), config)
+    return _TREES[base]

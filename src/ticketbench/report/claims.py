@@ -62,6 +62,7 @@ class Result:
     claim: dict[str, Any]
     unit: str
     verdict: str
+    check: dict[str, Any] | None = None
     values: list[float] = field(default_factory=list)
     unit_label: str = ""
     detail: str = ""
@@ -105,17 +106,21 @@ def load(path: Path) -> list[dict[str, Any]]:
         for chk in checks if isinstance(checks, list) else [checks]:
             if chk.get("measure") not in MEASURES:
                 raise ClaimsError(f"{path}: claim {cid}: check.measure {chk.get('measure')!r} is not one of {', '.join(MEASURES)}")
-            proto = (chk.get("select") or {}).get("protocol")
-            if isinstance(proto, str) and proto not in protocols:
-                raise ClaimsError(f"{path}: claim {cid}: unknown protocol {proto!r}")
+            for proto in _names((chk.get("select") or {}).get("protocol")):
+                if not isinstance(protocols.get(proto), dict) or not isinstance(protocols[proto].get("match"), dict):
+                    raise ClaimsError(f"{path}: claim {cid}: unknown protocol {proto!r} (protocols.<name>.match)")
             if (chk.get("expect") or {}).get("op") not in (*OPS, "within", "within_factor"):
                 raise ClaimsError(f"{path}: claim {cid}: check.expect.op must be one of >, >=, <, <=, within, within_factor")
     for c in claims:
         for chk in _checks(c):
-            proto = (chk.get("select") or {}).get("protocol")
-            if isinstance(proto, str):
-                chk["select"] = {**chk["select"], "protocol": protocols[proto], "protocol_name": proto}
+            names = _names((chk.get("select") or {}).get("protocol"))
+            if names:
+                chk["select"] = {**chk["select"], "protocol": [protocols[n]["match"] for n in names], "protocol_name": " or ".join(names)}
     return claims
+
+
+def _names(proto: Any) -> list[str]:
+    return [] if proto is None else [proto] if isinstance(proto, str) else list(proto)
 
 
 def evaluate(claims: list[dict[str, Any]], jobs: pd.DataFrame, configs: dict[str, dict[str, Any]],
@@ -135,16 +140,16 @@ def evaluate(claims: list[dict[str, Any]], jobs: pd.DataFrame, configs: dict[str
             if not units:
                 why = f"no run matches protocol '{chk['select'].get('protocol_name')}'" if chk.get("select", {}).get("protocol") \
                     else f"no {chk.get('select', {}).get('family', '')} experiment in these results"
-                out.append(Result(claim, label, NOT_RUN, detail=why))
+                out.append(Result(claim, label, NOT_RUN, chk, detail=why))
                 continue
             for name, unit in units:
                 try:
                     values, detail = MEASURES[chk["measure"]](chk, unit, analyses)
                 except NotRun as e:
-                    out.append(Result(claim, _join(label, name), NOT_RUN, detail=str(e)))
+                    out.append(Result(claim, _join(label, name), NOT_RUN, chk, detail=str(e)))
                     continue
                 verdict = REPRODUCED if _expect(chk["expect"], float(np.mean(values))) else NOT_REPRODUCED
-                out.append(Result(claim, _join(label, name), verdict, list(map(float, values)), unit_of(chk), detail))
+                out.append(Result(claim, _join(label, name), verdict, chk, list(map(float, values)), unit_of(chk), detail))
     return out
 
 
@@ -153,7 +158,7 @@ def unit_of(chk: dict[str, Any]) -> str:
     m, how = chk["measure"], chk.get("as", "difference")
     pct = chk.get("metric", "auto") == "auto" or chk.get("metric") in PERCENT_METRICS
     base = "%" if pct else METRIC_UNITS.get(chk.get("metric"), "")
-    if m == "value":
+    if m == "value" or (m == "best" and how == "value"):
         return base
     if m in ("difference", "versus_dense", "best") and how == "difference":
         return "pp" if pct else base
@@ -230,27 +235,35 @@ def _units(chk: dict[str, Any], jobs: pd.DataFrame, configs: dict[str, dict[str,
 
 
 def _uses_rewind(chk: dict[str, Any]) -> bool:
-    if chk["measure"] in ("barrier_trend", "onset"):
+    if chk["measure"] in ("barrier_trend", "onset") or "rewind" in chk:
         return True
     return any("rewind" in (chk.get(k) or {}) for k in ("a", "b", "of"))
 
 
 def _matches(cfg: dict[str, Any], jobs: pd.DataFrame, experiment: str, sel: dict[str, Any]) -> bool:
-    fam = sel.get("family")
-    if fam is not None:
-        fams = set(jobs.loc[jobs["experiment"] == experiment, "family"].dropna())
-        if fam not in fams:
-            return False
-    for key, want in (sel.get("protocol") or {}).items():
-        have: Any = cfg
-        for part in key.split("."):
-            have = have.get(part) if isinstance(have, dict) else None
-        if not _equal(have, want, key):
-            return False
-    return True
+    """The experiment is of the selected family, has the selected branches, and its run config matches
+    one of the selected protocols (dotted keys; ``{any: [...]}`` accepts alternatives)."""
+    mine = jobs[jobs["experiment"] == experiment]
+    if sel.get("family") is not None and sel["family"] not in set(mine["family"].dropna()):
+        return False
+    if not set(sel.get("branches") or ()) <= set(mine["branch"]):
+        return False
+    protocols = sel.get("protocol") or []
+    return not protocols or any(all(_equal(_get(cfg, k), v, k) for k, v in p.items()) for p in protocols)
+
+
+def _get(cfg: dict[str, Any], key: str) -> Any:
+    have: Any = cfg
+    for part in key.split("."):
+        have = have.get(part) if isinstance(have, dict) else None
+    return have
 
 
 def _equal(have: Any, want: Any, key: str) -> bool:
+    """Step strings compare by value ('50000it' == '50000it', not '160ep'); numbers with a relative
+    tolerance of 1e-9; everything else exactly."""
+    if isinstance(want, dict) and set(want) == {"any"}:
+        return any(_equal(have, w, key) for w in want["any"])
     if key.split(".")[-1] in ("steps", "rewind", "warmup", "eval_every") or key.endswith("milestones"):
         from ..config import ConfigError, parse_steps
 
@@ -404,12 +417,15 @@ def _against_dense(chk, unit) -> tuple[pd.DataFrame, str]:
 
 
 def _best(chk, unit, analyses):
+    """The best (``pick: max``, default) or worst (``pick: min``) pruned level against the dense net,
+    ``as``: difference (x - x0), ratio, speedup (x0 / x, for iteration counts) or value (x itself)."""
     table, metric = _against_dense(chk, unit)
-    gain = (table["x"] / table["x0"]) if chk.get("as") == "ratio" else (table["x"] - table["x0"])
-    if chk.get("as") == "speedup":  # fewer iterations to early stop = faster
-        gain = table["x0"] / table["x"]
+    how = chk.get("as", "difference")
+    gain = {"difference": table["x"] - table["x0"], "ratio": table["x"] / table["x0"],
+            "speedup": table["x0"] / table["x"], "value": table["x"]}[how]
     table = table.assign(g=gain)
-    best = table.loc[table.groupby("seed")["g"].idxmax()]
+    pick = table.groupby("seed")["g"].idxmin() if chk.get("pick") == "min" else table.groupby("seed")["g"].idxmax()
+    best = table.loc[pick]
     where = ", ".join(f"{100 * d:.3g}%" for d in best["density"])
     return list(best["g"]), f"attained at {where} remaining ({metric})"
 

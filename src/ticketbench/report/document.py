@@ -141,30 +141,53 @@ def _blocks(jobs: pd.DataFrame, found: list[claims_mod.Result], captions: dict[s
             scale: str, claims_path: Path) -> list[tuple[str, Any]]:
     """The report as a list of (kind, content) blocks, rendered to Markdown and to HTML."""
     counts = {v: sum(r.verdict == v for r in found) for v in VERDICT_ORDER}
+    shown = claims_path.as_posix() if not claims_path.is_absolute() else claims_path.name
     b: list[tuple[str, Any]] = [("h1", f"ticketbench results: {scale} scale")]
-    b.append(("p", "Every number below is computed from the stored runs (`results/<config>/runs/`) by "
-                   "`ticketbench report`; `ticketbench audit` re-evaluates the stored networks and checks the recorded "
-                   "numbers, masks and rewind states. See docs/results.md for how to check them."))
-    b.append(("p", "**Comparability.** The papers' quantitative claims are checked only on runs whose configuration "
-                   "matches the paper's protocol (the `protocol` of each check in `" + claims_path.as_posix() + "`); "
-                   "otherwise they read *not run at this scale*. On reduced scales (fewer iterations, smaller data, "
-                   "narrower networks, other datasets) the absolute numbers in the tables and figures are **not "
-                   "comparable** with the papers'; only the qualitative claims that transfer are checked there."))
-    b.append(("p", "Verdicts: " + ", ".join(f"**{counts[v]}** {v}" for v in VERDICT_ORDER) + ". A verdict tests the "
-                   "expectation on the mean over seeds; the spread is min-max over seeds (the papers' error bars)."))
+    b.append(("p", "Every number below is computed from the stored runs (`runs/`) by `ticketbench report`; "
+                   "`ticketbench audit` re-evaluates the stored networks and checks the recorded numbers, masks and "
+                   "rewind states. docs/results.md explains how to check them."))
+    b.append(("p", "**Comparability.** A paper's quantitative claim is checked only on runs whose configuration matches "
+                   f"the paper's protocol (the `protocol` of the check in `{shown}`); otherwise it reads *not run at this "
+                   "scale*. On reduced scales (fewer iterations, smaller or other datasets, narrower networks) the "
+                   "absolute numbers in the tables and figures are **not comparable** with the papers'; there only the "
+                   "qualitative claims that transfer (the direction of an effect) are checked."))
+    n_claims = len({r.claim["id"] for r in found})
+    b.append(("p", f"{len(found)} checks of {n_claims} claims: " + ", ".join(f"**{counts[v]}** {v}" for v in VERDICT_ORDER)
+                   + ". A verdict tests the check's expectation on the mean over seeds; the spread shown is min-max over "
+                   "seeds (the papers' error bars). Claims from secondary sources are marked."))
     b.append(("h2", "Experiments"))
     b.append(("table", _experiments(jobs)))
-    b.append(("h2", "Claims"))
-    for paper, rows in _by_paper(found):
+    b.append(("h2", "Claims checked at this scale"))
+    checked = [r for r in found if r.verdict in (claims_mod.REPRODUCED, claims_mod.NOT_REPRODUCED)]
+    if not checked:
+        b.append(("p", "None: no run matches a paper's protocol and no family experiment was run."))
+    for paper, rows in _by_paper(checked):
         b.append(("h3", paper))
         b.append(("table", rows))
     b.append(("h2", "Figures"))
     for name, caption in sorted(captions.items()):
         b.append(("figure", (name, caption)))
     if skipped:
-        b.append(("h3", "Figures not drawn"))
+        b.append(("p", "Not drawn:"))
         b.append(("list", [f"{k}: {v}" for k, v in sorted(skipped.items())]))
+    b.append(("h2", "Claims not run at this scale"))
+    b.append(("table", pd.DataFrame([{"claim": _claim_cell(r.claim), "paper's value": _paper_cell(r.claim),
+                                       "check": r.unit, "why": r.detail} for r in found if r.verdict == claims_mod.NOT_RUN])))
+    b.append(("h2", "Claims the suite does not check"))
+    b.append(("table", pd.DataFrame([{"claim": _claim_cell(r.claim), "paper's value": _paper_cell(r.claim), "why": r.detail}
+                                      for r in found if r.verdict == claims_mod.NOT_CHECKED])))
     return b
+
+
+def _claim_cell(c: dict[str, Any]) -> str:
+    where = f" [{c['figure']}]" if c.get("figure") else ""
+    return f"`{c['id']}`{where}: {c['quantity']} ({c['condition']})"
+
+
+def _paper_cell(c: dict[str, Any]) -> str:
+    secondary = " **(secondary source)**" if c["source_type"] in ("secondary", "unverified_summary") else ""
+    tol = f"; tolerance: {c['tolerance']}" if c.get("tolerance") else ""
+    return f"{_value_text(c['value'])}{tol}; {c['paper']}, {c['source_type']}{secondary}: {c['source']}"
 
 
 def _experiments(jobs: pd.DataFrame) -> pd.DataFrame:
@@ -186,20 +209,13 @@ def _by_paper(found: list[claims_mod.Result]) -> list[tuple[str, pd.DataFrame]]:
     groups: dict[str, list[dict[str, str]]] = {}
     for r in found:
         c = r.claim
-        secondary = " **(secondary source)**" if c["source_type"] in ("secondary", "unverified_summary") else ""
-        where = f" [{c['figure']}]" if c.get("figure") else ""
-        checks = claims_mod._checks(c)
-        chk = checks[0] if checks else None
-        if chk is not None and len(checks) > 1:
-            chk = next((k for k in checks if k.get("label", "") and r.unit.startswith(k["label"])), chk)
+        chk = r.check
         groups.setdefault(c["paper"], []).append({
-            "claim": f"`{c['id']}`{where}: {c['quantity']} ({c['condition']})",
-            "paper's value": f"{_value_text(c['value'])}" + (f"; tolerance: {c['tolerance']}" if c.get("tolerance") else "")
-                             + f"; source: {c['source_type']}{secondary}",
-            "our check": (claims_mod.expectation(chk) + (f" [{chk['basis']}]" if chk.get("basis") else "")) if chk else
-                         c.get("not_checked", ""),
+            "claim": _claim_cell(c),
+            "paper's value": _paper_cell(c),
+            "our check": claims_mod.expectation(chk) + (f" ({chk['basis']})" if chk.get("basis") else "") if chk else "",
             "runs": r.unit,
-            "reproduced (mean, min-max over seeds, n)": r.summary(),
+            "reproduced: mean (min, max over seeds; n)": r.summary(),
             "verdict": r.verdict,
         })
     return [(p, pd.DataFrame(rows)) for p, rows in groups.items()]

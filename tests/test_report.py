@@ -1,0 +1,260 @@
+"""The reviewer-facing report: tidy tables, figures, and claims whose verdicts follow the data.
+
+The end-to-end tests read a tiny results tree trained with the CLI (tests/synthetic_results.py); the
+claim measures are checked on hand-made tables whose answers are known."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+import synthetic_results
+from ticketbench import cli
+from ticketbench.report import claims, document, tables
+
+REPO = Path(__file__).resolve().parents[1]
+CLAIMS = REPO / "config" / "claims.yaml"
+SHARED_CLAIMS = REPO.parent / "shared" / "papers" / "reported_claims.yaml"
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    return synthetic_results.tree(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def reported(tree, tmp_path_factory):
+    """The tree's report, built with the CLI into a copy of the results."""
+    results, config = tree
+    out = tmp_path_factory.mktemp("reported") / "tiny"
+    shutil.copytree(results / "runs", out / "runs")
+    assert cli.main(["report", str(out), "--config", str(config), "--claims", str(CLAIMS)]) == 0
+    return out, config
+
+
+# --------------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------------
+
+
+def test_jobs_table_has_one_row_per_finished_job_with_its_run(reported):
+    out, _ = reported
+    jobs = pd.read_csv(out / "tables" / "jobs.csv")
+    assert len(jobs) == len(list((out / "runs").glob("*/seed*/*/level_*/**/summary.json")))
+    assert set(jobs["family"]) == {"lth", "stabilized", "saleem"}
+    k = jobs.groupby("experiment")["rewind_step"].unique().to_dict()
+    assert {e: list(v) for e, v in k.items()} == {"lth_tiny": [0], "stab_tiny_k0": [0], "stab_tiny_k10": [10], "saleem_tiny": [5]}
+    # The two rewind points of the k sweep form one group; other experiments differ in more than k.
+    groups = jobs.groupby("experiment")["group"].first()
+    assert groups["stab_tiny_k0"] == groups["stab_tiny_k10"] != groups["saleem_tiny"]
+    assert not any(Path(j).is_absolute() for j in jobs["job"])
+
+
+def test_tables_do_not_depend_on_where_the_results_live(reported, tmp_path):
+    out, config = reported
+    moved = tmp_path / "elsewhere" / "tiny"
+    shutil.copytree(out / "runs", moved / "runs")
+    document.write_tables(moved, config)
+    assert (moved / "tables" / "jobs.csv").read_bytes() == (out / "tables" / "jobs.csv").read_bytes()
+
+
+def test_missing_analysis_is_reported_and_malformed_one_rejected(reported, tmp_path):
+    out, config = reported
+    skipped = json.loads((out / "figures" / "skipped.json").read_text())
+    assert "not run at this scale" in skipped["stabilized_instability_stab_tiny"]
+    broken = tmp_path / "tiny"
+    shutil.copytree(out / "runs", broken / "runs")
+    bad = broken / "runs" / "stab_tiny_k0" / "seed0" / "analysis" / "instability" / "level_00.csv"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("alpha,something\n0,1\n")
+    with pytest.raises(tables.ResultsError, match="level_00.csv: malformed instability table"):
+        document.write_tables(broken, config)
+
+
+# --------------------------------------------------------------------------------------------------
+# Figures and report
+# --------------------------------------------------------------------------------------------------
+
+
+def test_figures_of_every_family_are_drawn_and_byte_identical_on_rerun(reported, tmp_path):
+    out, config = reported
+    names = {p.name for p in (out / "figures").glob("*.png")}
+    assert {"lth_accuracy_lth_tiny.png", "lth_early_stop_lth_tiny.png", "stabilized_accuracy_stab_tiny.png",
+            "saleem_methods_saleem_tiny.png", "saleem_levels_saleem_tiny.png"} <= names
+    again = tmp_path / "tiny"
+    shutil.copytree(out / "runs", again / "runs")
+    assert cli.main(["report", str(again), "--config", str(config), "--claims", str(CLAIMS)]) == 0
+    for name in sorted(names) + ["report.md", "report.html", "metrics.json"]:
+        folder = "figures/" if name.endswith(".png") else ""
+        assert (again / folder / name).read_bytes() == (out / folder / name).read_bytes(), name
+
+
+def test_report_gives_every_claim_a_verdict_and_is_viewable_offline(reported):
+    out, _ = reported
+    md = (out / "report.md").read_text()
+    ids = [c["id"] for c in yaml.safe_load(CLAIMS.read_text())["claims"]]
+    assert all(f"`{i}`" in md for i in ids)
+    assert "not comparable" in md and "(secondary source)" in md
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == len(list((out / "figures").glob("*.png")))
+    assert "src='http" not in html and 'src="http' not in html
+
+
+def test_metrics_json_has_the_headline_numbers_of_the_tables(reported):
+    out, _ = reported
+    metrics = json.loads((out / "metrics.json").read_text())
+    jobs = pd.read_csv(out / "tables" / "jobs.csv")
+    lth = jobs[jobs["experiment"] == "lth_tiny"]
+    dense = lth[(lth["branch"] == "imp") & (lth["level"] == 0)]["final_test_acc"].mean()
+    assert metrics["lth_tiny"]["dense_test_acc"] == pytest.approx(dense, abs=1e-6)
+    assert metrics["lth_tiny"]["seeds"] == 2
+    assert set(metrics["saleem_tiny"]["sparsest_test_acc"]) == {"imp", "oneshot", "finetune", "random_reinit", "random_prune"}
+    counts = metrics["claims"]
+    assert counts["not_checked"] > 0 and counts["not_run_at_this_scale"] > 0
+    assert counts["reproduced"] + counts["not_reproduced"] > 0  # the qualitative claims ran on the tiny tree
+
+
+# --------------------------------------------------------------------------------------------------
+# Claims: measures on tables with known answers
+# --------------------------------------------------------------------------------------------------
+
+
+def frame(rows: list[tuple]) -> pd.DataFrame:
+    """(experiment, seed, k, branch, level, density, acc, es_step) -> a jobs table."""
+    df = pd.DataFrame(rows, columns=["experiment", "seed", "rewind_step", "branch", "level", "density",
+                                     "final_test_acc", "early_stop_step"])
+    return df.assign(family="lth", group="g", network="lenet_300_100", dataset="mnist", replicate=None,
+                     early_stop_test_acc=None, run=df["experiment"] + "/seed" + df["seed"].astype(str))
+
+
+def lth_rows(imp: list[float], reinit: list[float], seeds=(0, 1), exp="e", k=0, es=None) -> list[tuple]:
+    rows = []
+    for s in seeds:
+        for lv, acc in enumerate(imp):
+            rows.append((exp, s, k, "imp", lv, 0.8 ** lv, acc + 0.01 * s, (es or {}).get(lv, 100)))
+        for lv, acc in enumerate(reinit, start=1):
+            rows.append((exp, s, k, "random_reinit", lv, 0.8 ** lv, acc + 0.01 * s, 100))
+    return rows
+
+
+def check(measure: str, expect: dict, **kw) -> dict:
+    return {"label": "", "select": {"family": "lth"}, "measure": measure, "expect": expect, "metric": "final_test_acc", **kw}
+
+
+def run(chk: dict, jobs: pd.DataFrame, configs=None, analyses=None) -> claims.Result:
+    claim = {"id": "c", "paper": "p", "source": "s", "source_type": "primary", "quantity": "q", "value": 1,
+             "condition": "", "check": chk}
+    configs = configs or {e: {"name": e} for e in jobs["experiment"].unique()}
+    (res,) = claims.evaluate([claim], jobs, configs, analyses or {})
+    return res
+
+
+def test_difference_at_the_sparsest_level_follows_the_data():
+    better = frame(lth_rows([0.90, 0.91, 0.92], [0.89, 0.85]))
+    chk = check("difference", {"op": ">", "value": 0}, at="sparsest", a={"branch": "imp"}, b={"branch": "random_reinit"})
+    res = run(chk, better)
+    assert res.verdict == claims.REPRODUCED
+    assert res.values == pytest.approx([7.0, 7.0])  # level 2: 92 - 85 pp in both seeds
+    worse = frame(lth_rows([0.90, 0.84, 0.80], [0.89, 0.85]))
+    assert run(chk, worse).verdict == claims.NOT_REPRODUCED
+    no_baseline = frame(lth_rows([0.90, 0.91, 0.92], []))
+    res = run(chk, no_baseline)
+    assert res.verdict == claims.NOT_RUN and "every compared branch" in res.detail
+
+
+def test_density_selection_uses_the_nearest_level_or_declines():
+    jobs = frame(lth_rows([0.90, 0.91, 0.95, 0.93], [0.9, 0.9, 0.9]))  # densities 1, .8, .64, .512
+    chk = check("versus_dense", {"op": "within", "value": 5.0, "tol": 0.01}, at={"density": 0.65}, of={"branch": "imp"})
+    assert run(chk, jobs).values == pytest.approx([5.0, 5.0])
+    res = run({**chk, "at": {"density": 0.1}}, jobs)
+    assert res.verdict == claims.NOT_RUN and "no IMP level near 10%" in res.detail
+
+
+def test_speedup_reduction_and_last_density():
+    jobs = frame(lth_rows([0.90, 0.92, 0.91, 0.89], [], es={0: 1000, 1: 600, 2: 500, 3: 1200}))
+    best = check("best", {"op": ">", "value": 1}, metric="early_stop_step", of={"branch": "imp"}, **{"as": "speedup"})
+    assert run(best, jobs).values == pytest.approx([2.0, 2.0])  # 1000 / 500 at level 2
+    red = check("versus_dense", {"op": ">", "value": 0}, metric="early_stop_step", at={"level": 1}, of={"branch": "imp"},
+                **{"as": "reduction"})
+    assert run(red, jobs).values == pytest.approx([40.0, 40.0])  # 600 is 40 % earlier than 1000
+    last = check("last_density", {"op": "within_factor", "value": 64.0, "factor": 1.01}, of={"branch": "imp"},
+                 cond={"op": ">=", "offset": 0})
+    res = run(last, jobs)  # accuracy stays >= dense down to level 2 (64 %), falls at level 3
+    assert res.values == pytest.approx([64.0, 64.0]) and res.verdict == claims.REPRODUCED
+
+
+def test_rewind_comparison_pairs_seeds_across_the_k_sweep():
+    jobs = frame(lth_rows([0.9, 0.8, 0.7], [], exp="k0", k=0) + lth_rows([0.9, 0.85, 0.8], [], exp="k500", k=500))
+    chk = check("difference", {"op": ">=", "value": 0}, at="sparsest", a={"branch": "imp", "rewind": "max"},
+                b={"branch": "imp", "rewind": "min"})
+    res = run(chk, jobs)
+    assert res.unit == "k0, k500" and res.values == pytest.approx([10.0, 10.0])
+    single = run(chk, jobs[jobs["experiment"] == "k0"])
+    assert single.verdict == claims.NOT_RUN and "only one rewind point" in single.detail
+
+
+def path(experiment: str, k: float, level: int, errors: list[float], seed: int = 0) -> pd.DataFrame:
+    alphas = [i / (len(errors) - 1) for i in range(len(errors))]
+    return pd.DataFrame({"experiment": experiment, "group": "g", "seed": seed, "rewind_step": k, "level": level,
+                         "pair": 0, "alpha": alphas, tables.INSTABILITY_ERROR: errors})
+
+
+def test_error_barrier_is_the_peak_above_the_mean_of_the_endpoints():
+    inst = path("k0", 0, 0, [0.10, 0.50, 0.20])
+    b = claims.barriers(inst)
+    assert b["barrier"].item() == pytest.approx(100 * (0.50 - 0.15))
+    assert claims.barriers(path("k0", 0, 0, [0.1, 0.1, 0.1]))["barrier"].item() == 0
+
+
+def test_instability_trend_and_onset_follow_the_barriers():
+    jobs = frame(lth_rows([0.9, 0.8], [], exp="k0", k=0, seeds=(0,)) + lth_rows([0.9, 0.8], [], exp="k100", k=100, seeds=(0,))
+                 + lth_rows([0.9, 0.8], [], exp="k500", k=500, seeds=(0,)))
+    inst = pd.concat([path("k0", 0, 0, [0.1, 0.6, 0.1]), path("k100", 100, 0, [0.1, 0.15, 0.1]),
+                      path("k500", 500, 0, [0.1, 0.11, 0.1])])
+    trend = check("barrier_trend", {"op": ">", "value": 0}, at={"level": 0})
+    res = run(trend, jobs, analyses={"instability": inst})
+    assert res.verdict == claims.REPRODUCED and res.values == pytest.approx([49.0])
+    onset = check("onset", {"op": "within_factor", "value": 500, "factor": 1.5}, at={"level": 0}, threshold=2.0)
+    assert run(onset, jobs, analyses={"instability": inst}).values == [500.0]  # k = 100 still has a 5 pp barrier
+    missing = run(trend, jobs, analyses={"instability": None})
+    assert missing.verdict == claims.NOT_RUN and "instability analysis not run" in missing.detail
+
+
+def test_quantitative_claims_run_only_on_runs_matching_the_papers_protocol():
+    jobs = frame(lth_rows([0.90, 0.92], []))
+    chk = check("value", {"op": "within", "value": 90.0, "tol": 0.5}, at={"level": 0}, of={"branch": "imp"})
+    chk["select"] = {"protocol": [{"train.lr": 0.0012, "train.steps": "50000it", "data.name": "mnist"}],
+                     "protocol_name": "lth-lenet"}
+    paper = {"e": {"name": "e", "train": {"lr": 0.0012, "steps": "50000it"}, "data": {"name": "mnist"}}}
+    assert run(chk, jobs, paper).verdict == claims.REPRODUCED
+    quick = {"e": {"name": "e", "train": {"lr": 0.0012, "steps": "2000it"}, "data": {"name": "mnist"}}}
+    res = run(chk, jobs, quick)
+    assert res.verdict == claims.NOT_RUN and "protocol 'lth-lenet'" in res.detail
+
+
+def test_claims_file_names_the_broken_claim(tmp_path):
+    raw = yaml.safe_load(CLAIMS.read_text())
+    raw["claims"][0]["check"] = [{"measure": "vibes", "expect": {"op": ">", "value": 0}}]
+    bad = tmp_path / "claims.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    with pytest.raises(claims.ClaimsError, match=f"claim {raw['claims'][0]['id']}: check.measure 'vibes'"):
+        claims.load(bad)
+
+
+def test_claims_file_copies_the_papers_facts_faithfully():
+    """Every result claim of the shared research note is in config/claims.yaml with the same value and
+    source (only the superseded version's numbers are left out)."""
+    if not SHARED_CLAIMS.is_file():
+        pytest.skip(f"{SHARED_CLAIMS} (the project's shared research notes) is not available here")
+    ours = {c["id"]: c for c in claims.load(CLAIMS)}
+    for c in yaml.safe_load(SHARED_CLAIMS.read_text()):
+        if c["kind"] != "result" or c["id"] == "lth-anon-superseded":
+            continue
+        assert c["id"] in ours, c["id"]
+        for key in ("paper", "source", "source_type", "quantity", "value", "condition"):
+            assert ours[c["id"]][key] == c[key], (c["id"], key)
