@@ -1,4 +1,4 @@
-"""The ``ticketbench`` command line.
+"""ticketbench: lottery-ticket experiments (IMP with rewinding, baselines, analyses) from run configs.
 
 Every training subcommand takes a run config (YAML, see ``config/runs/``) and a run directory; it is
 idempotent (finished jobs are skipped) and resumes interrupted ones from their checkpoint. Errors are

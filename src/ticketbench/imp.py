@@ -19,11 +19,13 @@ summary.json exists is not recomputed, so rerunning with more levels just contin
 from __future__ import annotations
 
 from collections.abc import Callable
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from . import checkpoints, models
 from .checkpoints import CheckpointError, JobLock, atomic_write
@@ -49,6 +51,7 @@ class Run:
     def __post_init__(self) -> None:
         self.schedule: Schedule = self.cfg.schedule(len(self.data.train))
         self.hash = self.cfg.hash()
+        self.kinds: dict[str, str] = models.layer_kinds(self.model())
         self._claim()
 
     # -- paths -------------------------------------------------------------------------------------
@@ -60,8 +63,6 @@ class Run:
         """Record the config in the run directory, or refuse one that belongs to another config."""
         path = self.root / "config.yaml"
         if path.is_file():
-            import yaml
-
             stored = (yaml.safe_load(path.read_text()) or {}).get("hash")
             if stored != self.hash:
                 raise ConfigError(f"{self.root}: holds a run of config {stored}, not {self.hash}; use another --run-dir "
@@ -73,9 +74,6 @@ class Run:
     def model(self, seed: int | None = None) -> torch.nn.Module:
         return models.build(self.cfg.model, self.data.shape, self.data.classes, self.cfg.seeds.init if seed is None else seed)
 
-    def kinds(self) -> dict[str, str]:
-        return models.layer_kinds(self.model())
-
     def lr(self) -> Callable[[int], float]:
         s, t = self.schedule, self.cfg.train
         return lambda step: s.lr_at(step, t.lr, t.gamma)
@@ -84,7 +82,7 @@ class Run:
         return checkpoints.load(folder / "mask.pt", kind="mask", config_hash=self.hash)["mask"]
 
     def save_mask(self, folder: Path, mask: Mask) -> None:
-        checkpoints.save(folder / "mask.pt", {"mask": mask, "layers": layer_table(mask, self.kinds())},
+        checkpoints.save(folder / "mask.pt", {"mask": mask, "layers": layer_table(mask, self.kinds)},
                          kind="mask", config_hash=self.hash)
 
     def final_state(self, folder: Path) -> dict[str, torch.Tensor]:
@@ -121,7 +119,7 @@ class Run:
     def dense(self) -> dict[str, Any]:
         """Level 0: train the dense network from initialization, capturing the state at step k."""
         model = self.model()
-        mask = dense_mask(model, self.kinds(), self.cfg.prune)
+        mask = dense_mask(model, self.kinds, self.cfg.prune)
         names = [n for n, _ in model.named_parameters()]
 
         def snapshot(step: int, net: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
@@ -140,7 +138,7 @@ class Run:
         if (folder / "summary.json").is_file():
             return _read_summary(folder)
         prev = self.level_dir(level - 1)
-        mask = self._existing_mask(folder) or magnitude_prune(self.final_state(prev), self.load_mask(prev), self.kinds(), self.cfg.prune)
+        mask = self._existing_mask(folder) or magnitude_prune(self.final_state(prev), self.load_mask(prev), self.kinds, self.cfg.prune)
         state, opt = self._start_state(mask)
         return self._train(folder, f"level {level}", state, mask, self.schedule.rewind, self.schedule.total,
                            optimizer_state=opt, branch="imp", level=level, replicate=None)
@@ -179,7 +177,7 @@ class Run:
             elif kind == "oneshot":
                 dense = self.level_dir(0)
                 mask = self._existing_mask(folder) or magnitude_prune(self.final_state(dense), self.load_mask(dense),
-                                                                      self.kinds(), self.cfg.prune, levels=level)
+                                                                      self.kinds, self.cfg.prune, levels=level)
             else:
                 mask = imp_mask
                 base = self.cfg.seeds
@@ -200,7 +198,7 @@ class Run:
             return _read_summary(folder)
         prev = self.level_dir(0) if level == 1 else self.level_dir(level - 1, "finetune")
         state = self.final_state(prev)
-        mask = self._existing_mask(folder) or magnitude_prune(state, self.load_mask(prev), self.kinds(), self.cfg.prune)
+        mask = self._existing_mask(folder) or magnitude_prune(state, self.load_mask(prev), self.kinds, self.cfg.prune)
         t, s = self.cfg.train, self.schedule
         final_lr = s.lr_at(s.total, t.lr, t.gamma)
         # Steps are numbered on from T so the fine-tuning batches continue the data order.
@@ -228,8 +226,6 @@ def run_root_of(job: Path) -> Path:
 
 
 def _read_summary(folder: Path) -> dict[str, Any]:
-    import json
-
     return json.loads((folder / "summary.json").read_text())
 
 

@@ -32,6 +32,7 @@ from .checkpoints import atomic_write
 from .config import RunConfig, TrainConfig
 from .data import Batches, Data, Split
 from .masks import Mask, MaskedParameters, density
+from .models import uses_channels_last
 
 METRIC_COLUMNS = ["step", "epoch", "lr", "train_loss", "val_loss", "val_acc", "test_loss", "test_acc"]
 
@@ -131,7 +132,7 @@ def fit(model: nn.Module, data: Data, cfg: RunConfig, job: Job, runtime: Runtime
         return json.loads(summary_path.read_text())
     config_hash = cfg.hash()
     device = data.test.x.device
-    channels_last = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    channels_last = uses_channels_last(model)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
