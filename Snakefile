@@ -1,0 +1,46 @@
+"""ticketbench: the lottery-ticket experiments of three papers as one Snakemake workflow.
+
+    snakemake --cores 2 --configfile config/quick.yaml      # a laptop: ~30 minutes on 2 CPU cores
+    snakemake --workflow-profile profiles/slurm --sdm apptainer --apptainer-args="--nv"  # papers' scale
+
+The default config (config/config.yaml) is the papers' protocols in full; config/quick.yaml and
+config/smoke.yaml shrink them. Outputs go to results/<config name>/. See docs/workflow.md.
+"""
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+# Only when no --configfile is given: Snakemake would otherwise merge the paper-scale experiments
+# into the chosen config's.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+
+
+CONFIGFILE = configfile_path()
+check_experiments_match_file(CONFIGFILE, config.get("experiments"))
+validate(config, "workflow/schemas/config.schema.yaml")
+
+RESULTS = f"results/{config['name']}"
+RUN = f"{RESULTS}/runs/{{experiment}}/seed{{seed}}"
+LOGS = f"{RESULTS}/logs/{{experiment}}/seed{{seed}}"
+EXPERIMENTS = resolve_all(config["experiments"], CONFIGFILE)
+
+
+container: config["container"]
+
+
+include: "workflow/rules/train.smk"
+include: "workflow/rules/analysis.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        f"{RESULTS}/report.md" if config["report"] else all_targets(),

@@ -1,0 +1,70 @@
+"""Loss-landscape analyses of trained networks (ticketbench.analysis), one tidy CSV per job."""
+
+
+rule hessian:
+    """Top Hessian eigenvalues of one trained network's training loss (Saleem et al. 2024)."""
+    input:
+        analysed_summary,
+    output:
+        f"{RUN}/analysis/hessian/{{branch}}_level_{{level}}.csv",
+    log:
+        f"{LOGS}/hessian_{{branch}}_level_{{level}}.log",
+    wildcard_constraints:
+        branch="imp|random_reinit|random_prune|oneshot|finetune",
+    threads: config["threads"]
+    resources:
+        mem_mb=resource("analysis", "mem_mb"),
+        runtime=resource("analysis", "runtime"),
+        gpu=config["gpu"],
+    params:
+        config_hash=config_hash,
+        options=cli_options("hessian"),
+        job=lambda wildcards, input: os.path.dirname(input[0]),
+        runtime=runtime_flags,
+    shell:
+        "ticketbench hessian {params.job} {params.options} -o {output} {params.runtime} > {log} 2>&1"
+
+
+rule instability:
+    """Error and loss along the line between SGD-noise copies of level L (Frankle et al. 2020)."""
+    input:
+        copy_pairs,
+    output:
+        f"{RUN}/analysis/instability/level_{{level}}.csv",
+    log:
+        f"{LOGS}/instability_level_{{level}}.log",
+    threads: config["threads"]
+    resources:
+        mem_mb=resource("analysis", "mem_mb"),
+        runtime=resource("analysis", "runtime"),
+        gpu=config["gpu"],
+    params:
+        config_hash=config_hash,
+        options=cli_options("instability"),
+        run=run_of,
+        runtime=runtime_flags,
+    shell:
+        "ticketbench instability {params.run} --level {wildcards.level} {params.options} -o {output}"
+        " {params.runtime} > {log} 2>&1"
+
+
+rule successive:
+    """Interpolation between the IMP solutions of levels L and L+1 (Saleem et al. 2024; Paul et al. 2023)."""
+    input:
+        successive_pair,
+    output:
+        f"{RUN}/analysis/successive/level_{{level}}.csv",
+    log:
+        f"{LOGS}/successive_level_{{level}}.log",
+    threads: config["threads"]
+    resources:
+        mem_mb=resource("analysis", "mem_mb"),
+        runtime=resource("analysis", "runtime"),
+        gpu=config["gpu"],
+    params:
+        config_hash=config_hash,
+        options=cli_options("successive"),
+        jobs=job_dirs_of,
+        runtime=runtime_flags,
+    shell:
+        "ticketbench interpolate {params.jobs} {params.options} -o {output} {params.runtime} > {log} 2>&1"

@@ -1,0 +1,109 @@
+"""Training jobs: one job per trained network (ticketbench imp | branch | finetune).
+
+Each job's summary.json is written last by ticketbench and marks it done; rewind.pt (the state at the
+rewind step k, shared by every level and branch of a run) is written by level 0.
+"""
+
+
+wildcard_constraints:
+    experiment=r"[A-Za-z0-9_.-]+",
+    seed=r"\d+",
+    level=r"\d\d+",
+    replicate=r"\d+",
+
+
+rule dense:
+    """Level 0: the dense network, trained from initialization; captures the state at the rewind step."""
+    output:
+        **job_files(f"{RUN}/imp/level_00"),
+        rewind=f"{RUN}/rewind.pt",
+        config=f"{RUN}/config.yaml",
+    log:
+        f"{LOGS}/imp_level_00.log",
+    threads: config["threads"]
+    resources:
+        mem_mb=resource("train", "mem_mb"),
+        runtime=resource("train", "runtime"),
+        gpu=config["gpu"],
+    params:
+        config_hash=config_hash,
+        configfile=CONFIGFILE,
+        run=run_of,
+        runtime=runtime_flags,
+    shell:
+        "ticketbench imp {params.configfile} --experiment {wildcards.experiment} --seed {wildcards.seed}"
+        " --level 0 --run-dir {params.run} {params.runtime} > {log} 2>&1"
+
+
+rule imp_level:
+    """IMP level L >= 1: prune level L-1 by magnitude, rewind the survivors to step k, train k..T."""
+    input:
+        previous_level,
+    output:
+        **job_files(f"{RUN}/imp/level_{{level}}"),
+    log:
+        f"{LOGS}/imp_level_{{level}}.log",
+    wildcard_constraints:
+        level=r"0[1-9]|[1-9]\d+",
+    threads: config["threads"]
+    resources:
+        mem_mb=resource("train", "mem_mb"),
+        runtime=resource("train", "runtime"),
+        gpu=config["gpu"],
+    params:
+        config_hash=config_hash,
+        configfile=CONFIGFILE,
+        run=run_of,
+        runtime=runtime_flags,
+    shell:
+        "ticketbench imp {params.configfile} --experiment {wildcards.experiment} --seed {wildcards.seed}"
+        " --level {wildcards.level} --run-dir {params.run} {params.runtime} > {log} 2>&1"
+
+
+rule branch:
+    """A baseline or SGD-noise copy of IMP level L: random_reinit, random_prune, oneshot, copy."""
+    input:
+        ablated_level,
+    output:
+        **job_files(f"{RUN}/{{kind}}/level_{{level}}/rep_{{replicate}}"),
+    log:
+        f"{LOGS}/{{kind}}_level_{{level}}_rep_{{replicate}}.log",
+    wildcard_constraints:
+        kind="random_reinit|random_prune|oneshot|copy",
+    threads: config["threads"]
+    resources:
+        mem_mb=resource("train", "mem_mb"),
+        runtime=resource("train", "runtime"),
+        gpu=config["gpu"],
+    params:
+        config_hash=config_hash,
+        configfile=CONFIGFILE,
+        run=run_of,
+        runtime=runtime_flags,
+    shell:
+        "ticketbench branch {params.configfile} --experiment {wildcards.experiment} --seed {wildcards.seed}"
+        " --kind {wildcards.kind} --level {wildcards.level} --replicate {wildcards.replicate}"
+        " --run-dir {params.run} {params.runtime} > {log} 2>&1"
+
+
+rule finetune:
+    """Fine-tuning level L: prune the previous fine-tuned network, keep training its weights."""
+    input:
+        previous_finetune,
+    output:
+        **job_files(f"{RUN}/finetune/level_{{level}}"),
+    log:
+        f"{LOGS}/finetune_level_{{level}}.log",
+    threads: config["threads"]
+    resources:
+        mem_mb=resource("train", "mem_mb"),
+        runtime=resource("train", "runtime"),
+        gpu=config["gpu"],
+    params:
+        config_hash=config_hash,
+        configfile=CONFIGFILE,
+        run=run_of,
+        runtime=runtime_flags,
+    shell:
+        "ticketbench finetune {params.configfile} --experiment {wildcards.experiment} --seed {wildcards.seed}"
+        " --level {wildcards.level} --run-dir {params.run} {params.runtime} > {log} 2>&1"
