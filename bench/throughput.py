@@ -1,0 +1,372 @@
+"""Training throughput: ticketbench's loop against the DataLoader + PIL loop most LTH code uses.
+
+Issue 2 ("Performance") asks for images/s of LeNet-300-100 (batch 60) and ResNet-20 (batch 128) on this
+machine, beside a reference loop measured in the same run with identical math, and sets the targets
+LeNet >= 5x and ResNet-20 >= 1.2x the reference. Every loop below trains the same network (same
+initialization) under the same masked update (a pruned mask with zeros; gradients masked after
+``backward``, weights after ``step``; ``masks.MaskedParameters``) with the same optimizer:
+
+- ``ticketbench``: the real ``train.fit`` on a ``Job`` of N steps, data resident via ``data.load`` and
+  batched by ``data.Batches``. Evaluation is replaced by a no-op for the measurement (it is not training
+  throughput), and the figure is fit's own ``images_per_second`` (its loop only: no setup, no saving).
+- ``reference``: a torch ``DataLoader`` over uint8 images with per-sample PIL transforms (ToTensor,
+  Normalize; for CIFAR RandomCrop(32, padding=4) + RandomHorizontalFlip), shuffled, in PyTorch's default
+  NCHW layout -- the way open_lth (datasets/base.py, datasets/cifar10.py) trains. Measured with
+  num_workers=0 and with small worker counts (persistent workers: generous to the reference).
+- ``bare step``: one fixed batch, no data pipeline at all: the upper bound for any loader. For the
+  convolutional net it is measured in both layouts, to separate the channels_last gain from the data
+  pipeline gain.
+
+Each figure is the median over ``--repeats`` timed runs after a warm-up run. Data: the real Fashion-MNIST
+(Debian's dataset-fashion-mnist, MD5-verified) for LeNet; for ResNet-20, synthetic uint8 CIFAR-shaped
+images written in the official CIFAR-10 python pickle format into a temporary directory and read with
+``data.load(..., verify=False)`` (the network has no internet here; pixel values do not change the cost
+of dense kernels).
+
+Run: ``.venv/bin/python bench/throughput.py [--threads 1 2] [--repeats R] [--quick]``. Writes
+``bench/out/throughput.json``. Other agents share the cores: the load average is recorded per model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pickle
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+
+from ticketbench import config, data, masks, models, train
+
+OUT = Path(__file__).parent / "out" / "throughput.json"
+
+# Protocols. LeNet: Frankle & Carbin 2019, Fig. 2 (Adam, lr 1.2e-3, batch 60; layer-wise pruning fc 20 %,
+# output 10 %). ResNet-20: Frankle et al. 2020 / open_lth cifar_resnet_20 (SGD lr 0.1, momentum 0.9,
+# weight decay 1e-4, batch 128, crop + flip augmentation; global pruning of conv weights at 20 %).
+# Only the per-step work matters here; steps/eval_every are placeholders (each Job sets its own length).
+LENET = {
+    "name": "bench_lenet",
+    "data": {"name": "fashion_mnist", "validation_size": 5000},
+    "model": {"name": "lenet_300_100", "init": "glorot_normal"},
+    "train": {"optimizer": "adam", "lr": 0.0012, "batch_size": 60, "steps": "1ep"},
+    "prune": {"strategy": "layerwise", "rates": {"fc": 0.2, "output": 0.1}},
+}
+RESNET = {
+    "name": "bench_resnet20",
+    "data": {"name": "cifar10", "validation_size": 5000, "augment": True},
+    "model": {"name": "resnet20", "init": "kaiming_normal"},
+    "train": {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0001, "batch_size": 128,
+              "steps": "1ep"},
+    "prune": {"strategy": "global", "rates": {"conv": 0.2}},
+}
+PRUNE_LEVELS = 3  # the mask of IMP level 3 (about half the weights zero); sparsity does not speed dense kernels
+TARGETS = {"lenet_300_100": 5.0, "resnet20": 1.2}  # issue 2: ratio of ticketbench to the reference loop
+
+
+@dataclass
+class Plan:
+    """How long to measure one model: steps per timed run, warm-up steps, timed runs."""
+
+    steps: int
+    warmup: int
+    repeats: int
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------
+
+
+def write_synthetic_cifar(folder: Path, n_train: int = 50000, n_test: int = 10000, seed: int = 0) -> None:
+    """Random uint8 images in the official CIFAR-10 python format: five training pickles and one test
+    pickle, each a dict with 'batch_label', 'labels', 'data' (N x 3072, channel-major rows), 'filenames'."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    files = [(f"data_batch_{i + 1}", n_train // 5) for i in range(5)] + [("test_batch", n_test)]
+    for name, n in files:
+        batch = {"batch_label": f"synthetic {name}", "labels": rng.integers(0, 10, n).tolist(),
+                 "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 "filenames": [f"synthetic_{i:05d}.png" for i in range(n)]}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+
+
+class PilImages(Dataset):
+    """uint8 images handed out one at a time as PIL images through a transform, as torchvision's
+    MNIST/CIFAR10 datasets and open_lth's ImageDataset do."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable):
+        x = images.numpy()
+        self.images = x[:, 0] if x.shape[1] == 1 else x.transpose(0, 2, 3, 1)  # PIL wants HW or HWC
+        self.labels = labels.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(Image.fromarray(self.images[i])), self.labels[i]
+
+
+def reference_transform(cfg: config.DataConfig) -> T.Compose:
+    mean, std = data.NORMALIZATION[cfg.name]
+    augment = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if cfg.augment else []
+    return T.Compose([*augment, T.ToTensor(), T.Normalize(mean, std)])
+
+
+# --------------------------------------------------------------------------------------------------
+# The loops
+# --------------------------------------------------------------------------------------------------
+
+
+def masked_step(model: torch.nn.Module, opt: torch.optim.Optimizer, masked: masks.MaskedParameters,
+                x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One update exactly as in ``train.fit``."""
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    masked.apply_to_gradients()
+    opt.step()
+    masked.apply_to_weights()
+    return loss.detach()
+
+
+class Setup:
+    """One model's config, data, initial state and mask, shared by all of its loops."""
+
+    def __init__(self, raw: dict, root: Path, verify: bool):
+        self.cfg = config.from_dict(raw)
+        self.batch = self.cfg.train.batch_size
+        self.data = data.load(self.cfg.data, "cpu", root=root, verify=verify)
+        (self.images, self.labels), _ = data.read_official(self.cfg.data.name, root, verify=verify)
+        model = self.model()
+        kinds = models.layer_kinds(model)
+        dense = masks.dense_mask(model, kinds, self.cfg.prune)
+        self.state = {k: v.clone() for k, v in model.state_dict().items()}
+        self.mask = masks.magnitude_prune(dict(model.named_parameters()), dense, kinds, self.cfg.prune, PRUNE_LEVELS)
+        self.density = masks.density(self.mask)
+
+    def model(self) -> torch.nn.Module:
+        return models.build(self.cfg.model, self.data.shape, self.data.classes, self.cfg.seeds.init)
+
+    def trainer(self, channels_last: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        model = self.model()
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        model.train()
+        masked = masks.MaskedParameters(model, self.mask)
+        masked.apply_to_weights()
+        opt = train.make_optimizer(self.cfg.train, model.parameters())
+        return lambda x, y: masked_step(model, opt, masked, x, y)
+
+
+def _no_evaluation(*args: object, **kwargs: object) -> tuple[float, float]:
+    return 0.0, 0.0
+
+
+Seconds = tuple[float, float]
+"""(wall clock, CPU time of this process). Wall clock is throughput; CPU time is robust to other
+processes competing for the cores, but excludes DataLoader worker processes and, with several torch
+threads, adds up their (spinning) time, so it is only comparable at 1 thread and 0 workers."""
+
+
+def _fit(s: Setup, steps: int) -> tuple[dict, Seconds]:
+    runtime = train.Runtime(device="cpu", progress=False, checkpoint_seconds=math.inf)
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(train, "evaluate", _no_evaluation):
+        job = train.Job(out=Path(tmp), state=s.state, mask=s.mask, start=0, end=steps, lr=lambda step: s.cfg.train.lr,
+                        data_order_seed=0, augmentation_seed=0, label="bench")
+        t0, c0 = time.perf_counter(), time.process_time()
+        summary = train.fit(s.model(), s.data, s.cfg, job, runtime, eval_every=max(steps, 1))
+        return summary, (time.perf_counter() - t0, time.process_time() - c0)
+
+
+def fit_timer(s: Setup) -> Callable[[int], Seconds]:
+    """Time ``train.fit`` on a Job of n steps, evaluation stubbed. Wall clock: fit's own
+    ``images_per_second`` (its training loop only). CPU time: the whole call minus that of a 0-step
+    Job (model build, state load, saving final.pt), measured once."""
+    overhead = statistics.median(_fit(s, 0)[1][1] for _ in range(3))
+
+    def run(n: int) -> Seconds:
+        summary, (_, cpu) = _fit(s, n)
+        return n * s.batch / summary["images_per_second"], max(cpu - overhead, 1e-9)
+    return run
+
+
+def loop_seconds(step: Callable, batches: Iterator, n: int) -> Seconds:
+    loss_sum = torch.zeros((), dtype=torch.float64)  # accumulated as fit does: no sync per step
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(n):
+        x, y = next(batches)
+        loss_sum += step(x, y).double()
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def reference_batches(s: Setup, workers: int) -> Iterator:
+    dataset = PilImages(s.images, s.labels, reference_transform(s.cfg.data))
+    loader = DataLoader(dataset, batch_size=s.batch, shuffle=True, num_workers=workers,
+                        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0))
+    while True:  # epochs
+        yield from loader
+
+
+def measure(loops: dict[str, Callable[[int], Seconds]], plan: Plan, batch: int) -> dict[str, dict]:
+    """Median images/s of each loop over ``plan.repeats`` timed runs of ``plan.steps`` steps, after a
+    warm-up run. The loops take turns run by run, so a burst of load from other processes on a shared
+    machine hits all of them alike instead of biasing one ratio."""
+    for run in loops.values():
+        run(plan.warmup)
+    times: dict[str, list[Seconds]] = {name: [] for name in loops}
+    for _ in range(plan.repeats):
+        for name, run in loops.items():
+            times[name].append(run(plan.steps))
+    out = {}
+    for name, t in times.items():
+        wall = [plan.steps * batch / w for w, _ in t]
+        cpu = [plan.steps * batch / c for _, c in t]
+        out[name] = {"images_per_second": statistics.median(wall), "runs": wall,
+                     "images_per_cpu_second": statistics.median(cpu), "cpu_runs": cpu}
+    return out
+
+
+def bench_model(s: Setup, plan: Plan, workers: list[int], conv: bool) -> list[dict]:
+    loops: dict[str, Callable[[int], Seconds]] = {"ticketbench (train.fit)": fit_timer(s)}
+    for w in workers:
+        loops[f"reference DataLoader+PIL, workers={w}"] = _timed(s.trainer(channels_last=False), reference_batches(s, w))
+    x, y = train.Batches(s.data, s.batch, 0, 0, channels_last=conv)[0]
+    for cl in ([True, False] if conv else [False]):
+        xl = x.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+        name = "bare step" + ((" (channels_last)" if cl else " (NCHW)") if conv else "")
+        loops[name] = _timed(s.trainer(channels_last=cl), iter(lambda xl=xl: (xl, y), None))
+    results = measure(loops, plan, s.batch)
+    rows = []
+    for name, r in results.items():
+        print(f"    {name:<38} {r['images_per_second']:8.0f} images/s (runs {', '.join(f'{v:.0f}' for v in r['runs'])}); "
+              f"{r['images_per_cpu_second']:.0f} per CPU second", flush=True)
+        rows.append({"loop": name, **({"workers": int(name.rsplit("=", 1)[1])} if "workers=" in name else {}), **r})
+    return rows
+
+
+def _timed(step: Callable, batches: Iterator) -> Callable[[int], Seconds]:
+    return lambda n: loop_seconds(step, batches, n)
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------------
+
+
+def summarize(model: str, threads: int, rows: list[dict]) -> dict:
+    refs = [r for r in rows if r["loop"].startswith("reference")]
+    ref0 = next(r for r in refs if r["workers"] == 0)
+    best = max(refs, key=lambda r: r["images_per_second"])
+    ours = next(r for r in rows if r["loop"].startswith("ticketbench"))
+    bare = next(r for r in rows if r["loop"].startswith("bare step"))["images_per_second"]
+    rate = ours["images_per_second"]
+    return {"model": model, "threads": threads, "ticketbench": rate, "reference_workers0": ref0["images_per_second"],
+            "reference_best": best["images_per_second"], "reference_best_workers": best["workers"],
+            "bare_step": bare, "ratio_vs_workers0": rate / ref0["images_per_second"],
+            "ratio_vs_best_reference": rate / best["images_per_second"],
+            "cpu_time_ratio_vs_workers0": ours["images_per_cpu_second"] / ref0["images_per_cpu_second"],
+            "target": TARGETS[model], "meets_target": rate / best["images_per_second"] >= TARGETS[model],
+            "fraction_of_bare_step": rate / bare}
+
+
+def print_table(summaries: list[dict]) -> None:
+    print("\nimages/s, wall clock, median of runs; ratio = ticketbench / reference. The target (issue 2) is judged "
+          "against\nthe faster reference; 'cpu' is the same ratio in CPU time (1 thread only: robust to load from others)")
+    head = f"{'model':<14}{'thr':>4}{'ticketbench':>12}{'ref w=0':>9}{'ref best':>14}{'bare step':>10}" \
+           f"{'vs w=0':>8}{'vs best':>9}{'cpu':>7}{'target':>8}  met"
+    print(head + "\n" + "-" * len(head))
+    for m in summaries:
+        cpu = f"{m['cpu_time_ratio_vs_workers0']:>6.2f}x" if m["threads"] == 1 else f"{'-':>7}"
+        print(f"{m['model']:<14}{m['threads']:>4}{m['ticketbench']:>12.0f}{m['reference_workers0']:>9.0f}"
+              f"{m['reference_best']:>9.0f} (w={m['reference_best_workers']}){m['bare_step']:>10.0f}"
+              f"{m['ratio_vs_workers0']:>7.2f}x{m['ratio_vs_best_reference']:>8.2f}x{cpu}{m['target']:>7.1f}x  "
+              f"{'yes' if m['meets_target'] else 'NO'}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, nargs="+", default=[1], help="torch thread counts to measure (default 1)")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per loop (default 5 LeNet, 3 ResNet-20)")
+    p.add_argument("--quick", action="store_true", help="short runs for a smoke test (~1 min); noisy")
+    p.add_argument("--models", nargs="+", default=["lenet", "resnet20"], choices=["lenet", "resnet20"])
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="folder with Fashion-MNIST if not installed by Debian's dataset-fashion-mnist")
+    p.add_argument("--out", type=Path, default=OUT)
+    args = p.parse_args()
+
+    plans = {"lenet": Plan(steps=200, warmup=50, repeats=5), "resnet20": Plan(steps=8, warmup=2, repeats=3)}
+    workers = [0, 1, 2]
+    if args.quick:
+        plans = {"lenet": Plan(steps=60, warmup=20, repeats=3), "resnet20": Plan(steps=2, warmup=1, repeats=2)}
+        workers = [0, 1]
+    if args.repeats:
+        plans = {k: Plan(v.steps, v.warmup, args.repeats) for k, v in plans.items()}
+
+    meta = {"torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version(),
+            "device": "cpu", "cpu": _cpu_name(), "cores": os.cpu_count(), "mkldnn": torch.backends.mkldnn.is_available(),
+            "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "data": {"lenet": "Fashion-MNIST (Debian dataset-fashion-mnist, MD5-verified)",
+                     "resnet20": "synthetic uint8 CIFAR-10-shaped images (50,000/10,000) in the official python "
+                                 "pickle format, read with data.load(verify=False)"},
+            "plans": {k: vars(v) for k, v in plans.items()}, "prune_levels": PRUNE_LEVELS,
+            "dataloader_worker_threads": 1}
+    print(f"torch {meta['torch']}, torchvision {meta['torchvision']}, device cpu ({meta['cpu']}, {meta['cores']} cores)")
+
+    results, summaries = [], []
+    with tempfile.TemporaryDirectory(prefix="ticketbench-bench-") as tmp:
+        root = Path(tmp)
+        setups = {}
+        if "lenet" in args.models:
+            setups["lenet"] = Setup(LENET, args.data_root or root, verify=True)
+        if "resnet20" in args.models:
+            print(f"ResNet-20 data: {meta['data']['resnet20']}")
+            write_synthetic_cifar(root / "cifar10")
+            setups["resnet20"] = Setup(RESNET, root, verify=False)
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            for key, s in setups.items():
+                load_before = os.getloadavg()
+                print(f"\n{s.cfg.model.name}, batch {s.batch}, {s.cfg.train.optimizer}, mask density {s.density:.3f}, "
+                      f"torch threads {torch.get_num_threads()}, load average {load_before[0]:.2f}", flush=True)
+                rows = bench_model(s, plans[key], workers, conv=models.uses_channels_last(s.model()))
+                load_after = os.getloadavg()
+                for r in rows:
+                    results.append({"model": s.cfg.model.name, "threads": threads, "batch_size": s.batch,
+                                    "steps_per_run": plans[key].steps, "load_average_before": load_before[0],
+                                    "load_average_after": load_after[0], "mask_density": s.density, **r})
+                summaries.append(summarize(s.cfg.model.name, threads, rows))
+    print_table(summaries)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "summary": summaries, "results": results}, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+if __name__ == "__main__":
+    main()
