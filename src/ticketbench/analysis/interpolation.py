@@ -1,0 +1,190 @@
+"""Linear interpolation between two trained networks: loss and error along the path, and the barrier.
+
+Definitions (Frankle et al. 2020, "Linear Mode Connectivity and the LTH", Sec. 2; as summarized in
+``reported_claims.yaml: lmc-def-instability``, the primary text could not be retrieved here):
+the network at ``alpha`` is ``(1 - alpha) W_a + alpha W_b`` (alpha = 0 is endpoint a), evaluated at
+``points`` evenly spaced values of alpha in [0, 1], endpoints included (30 in LMC: ``lmc-def-alpha``);
+the **barrier** of a metric is its maximum along the path minus the mean of its two endpoint values.
+LMC's instability is the barrier of the classification *error* (train or test); the loss barrier is
+reported beside it. A pair is "stable" when the error barrier is below 2 % (``lmc-def-stable``).
+
+Choices that the papers leave implicit are explicit options here:
+
+- ``mask``: ``"none"`` interpolates the weights as stored (pruned weights are exact zeros, so the path
+  lives on the union of the two supports; for two copies of one subnetwork the masks are equal and
+  this is the subnetwork's own subspace). ``"common"`` first zeroes, in both endpoints, every weight
+  outside the intersection of the two masks; for nested IMP masks (level L+1 inside level L) that is
+  the sparser mask, so the path stays in the sparser subnetwork's subspace (and endpoint a is then the
+  level-L solution *projected* onto it, not the trained network itself).
+- ``bn``: ``"as_is"`` (default) interpolates BN running statistics along with the weights and evaluates
+  the interpolated network in eval mode as it is: the network LMC evaluates according to issue 4
+  (not verifiable in the stored sources). ``"recompute"`` re-estimates the running statistics of each
+  interpolated network on training data first (a forward pass in train mode over ``bn_examples``
+  un-augmented training images, exact cumulative average; the "BN reset" of Izmailov et al. 2018's
+  SWA and Jordan et al. 2023's REPAIR), which removes the variance collapse of interpolated BN networks
+  and so measures a smaller barrier. Endpoints are then re-estimated too and differ from the trained
+  networks' own metrics.
+
+Successive-level interpolation (IMP level L vs. L+1 solutions):
+- Paul et al. 2023 ("Unmasking the LTH", ICLR) report that, at higher sparsities, "pairs of pruned
+  networks at successive pruning iterations are connected by a linear path with zero error barrier if
+  and only if they are matching" (abstract). Their Fig. 1 (seen only through a third-party review)
+  names the level-L solution, its *projection* onto the level-(L+1) mask, and the level-(L+1)
+  solution, which suggests the ``"common"`` (sparser-mask) path; which pair their Sec. 3 measures could
+  not be verified here.
+- Saleem et al. 2024's interpolation protocol is unknown (``sal-missing-interp``).
+Both variants are therefore computed (``successive`` in ``commands.py`` writes ``mask = common`` and
+``mask = none`` rows).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from ..data import Split, stream_seed
+from ..masks import Mask
+from ..train import evaluate
+
+METRICS = ("train_loss", "train_error", "test_loss", "test_error")
+MASK_MODES = ("none", "common")
+BN_MODES = ("as_is", "recompute")
+_TRAIN_EVAL_SUBSET = 51  # stream id for the seeded training-evaluation subset
+
+
+def alphas(points: int) -> list[float]:
+    """``points`` evenly spaced values in [0, 1], both endpoints exactly included."""
+    if points < 2:
+        raise ValueError("points: the path needs at least its two endpoints")
+    return [i / (points - 1) for i in range(points)]
+
+
+def interpolate_state(a: Mapping[str, Tensor], b: Mapping[str, Tensor], alpha: float) -> dict[str, Tensor]:
+    """``(1 - alpha) a + alpha b`` for every floating-point entry (weights and BN statistics).
+
+    ``torch.lerp`` returns ``a`` exactly at alpha = 0 and ``b`` exactly at alpha = 1, so the endpoints
+    of a path are the stored networks bit for bit. Integer entries (BN's ``num_batches_tracked``) are
+    counters, not coordinates: they are taken from ``a``."""
+    if a.keys() != b.keys():
+        raise ValueError(f"the two states hold different entries: {sorted(set(a) ^ set(b))[:3]}")
+    out = {}
+    for k, va in a.items():
+        vb = b[k]
+        if va.shape != vb.shape:
+            raise ValueError(f"{k}: shapes {tuple(va.shape)} and {tuple(vb.shape)} differ; not the same architecture")
+        out[k] = torch.lerp(va, vb.to(va.device), alpha) if va.is_floating_point() else va.clone()
+    return out
+
+
+def common_mask(a: Mask, b: Mask) -> Mask:
+    """The coordinates kept by both masks (for nested IMP masks: the sparser one)."""
+    if a.keys() != b.keys():
+        raise ValueError("the two masks cover different layers")
+    return {k: a[k] & b[k].to(a[k].device) for k in a}
+
+
+def apply_mask(state: Mapping[str, Tensor], mask: Mask) -> dict[str, Tensor]:
+    return {k: v * mask[k].to(v.device, v.dtype) if k in mask else v for k, v in state.items()}
+
+
+def endpoints(a: Mapping[str, Tensor], b: Mapping[str, Tensor], mask_a: Mask, mask_b: Mask,
+              mode: str) -> tuple[Mapping[str, Tensor], Mapping[str, Tensor]]:
+    """The two endpoints of the path under a mask mode (see the module docstring)."""
+    if mode == "none":
+        return a, b
+    if mode == "common":
+        m = common_mask(mask_a, mask_b)
+        return apply_mask(a, m), apply_mask(b, m)
+    raise ValueError(f"mask: {mode!r}; choose one of {', '.join(MASK_MODES)}")
+
+
+@torch.no_grad()
+def recompute_batchnorm(model: nn.Module, split: Split, batch_size: int = 1000) -> None:
+    """Replace every BN layer's running statistics by their exact average over ``split`` (train-mode
+    forward passes with momentum=None, PyTorch's cumulative moving average), then return to eval mode."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for i in range(0, len(split), batch_size):
+        model(split.x[i:i + batch_size])
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    model.eval()
+
+
+def seeded_subset(split: Split, examples: int, seed: int = 0) -> Split:
+    """``examples`` training examples chosen by a seeded permutation (all of them if 0 or more than held)."""
+    if not examples or examples >= len(split):
+        return split
+    g = torch.Generator().manual_seed(stream_seed(_TRAIN_EVAL_SUBSET, seed))
+    idx = torch.randperm(len(split), generator=g)[:examples].sort().values.to(split.x.device)
+    return Split(split.x[idx], split.y[idx])
+
+
+def path(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tensor], train: Split, test: Split,
+         points: int = 30, bn: str = "as_is", bn_data: Split | None = None, batch_size: int = 1000) -> pd.DataFrame:
+    """Loss and error on ``train`` and ``test`` at each point of the path from state ``a`` to ``b``.
+
+    ``model`` is any network of the right architecture (its weights are overwritten). Returns one row
+    per point: point, alpha, train_loss, train_error, test_loss, test_error."""
+    if bn not in BN_MODES:
+        raise ValueError(f"bn: {bn!r}; choose one of {', '.join(BN_MODES)}")
+    if bn == "recompute" and bn_data is None:
+        raise ValueError("bn='recompute' needs bn_data (training images)")
+    rows = []
+    for i, alpha in enumerate(alphas(points)):
+        model.load_state_dict(interpolate_state(a, b, alpha))
+        if bn == "recompute":
+            recompute_batchnorm(model, bn_data, batch_size)
+        train_loss, train_acc = evaluate(model, train, batch_size)
+        test_loss, test_acc = evaluate(model, test, batch_size)
+        rows.append({"point": i, "alpha": alpha, "train_loss": train_loss, "train_error": 1.0 - train_acc,
+                     "test_loss": test_loss, "test_error": 1.0 - test_acc})
+    return pd.DataFrame(rows)
+
+
+def barrier(values: Iterable[float]) -> float:
+    """max along the path - mean of the two endpoints (>= 0, since the endpoints are on the path)."""
+    v = list(values)
+    if len(v) < 2:
+        raise ValueError("a barrier needs a path with both endpoints")
+    return max(v) - (v[0] + v[-1]) / 2
+
+
+def barriers(paths: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """One row per path (the groups of ``by``): the barrier of each metric, ``<metric>_barrier``, and
+    the endpoint values ``<metric>_a`` / ``<metric>_b``. Rows of a path must be ordered by alpha."""
+    rows = []
+    for key, g in paths.sort_values([*by, "alpha"]).groupby(by, sort=True, dropna=False):
+        row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        for m in METRICS:
+            v = g[m].tolist()
+            row[f"{m}_barrier"] = barrier(v)
+            row[f"{m}_a"], row[f"{m}_b"] = v[0], v[-1]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def spread(per_pair: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Mean, sample standard deviation, min, max and count of every barrier over the pairs in each group
+    of ``by`` (LMC reports means over replicates with their spread)."""
+    cols = [f"{m}_barrier" for m in METRICS]
+    rows = []
+    for key, g in per_pair.groupby(by, sort=True, dropna=False):
+        row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        row["pairs"] = len(g)
+        for c in cols:
+            row[f"{c}_mean"] = float(g[c].mean())
+            row[f"{c}_std"] = float(g[c].std(ddof=1)) if len(g) > 1 else math.nan
+            row[f"{c}_min"], row[f"{c}_max"] = float(g[c].min()), float(g[c].max())
+        rows.append(row)
+    return pd.DataFrame(rows)
