@@ -24,6 +24,9 @@ include: "workflow/rules/common.smk"
 
 CONFIGFILE = configfile_path()
 check_experiments_match_file(CONFIGFILE, config.get("experiments"))
+check_schema(
+    config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml", CONFIGFILE
+)
 validate(config, "workflow/schemas/config.schema.yaml")
 
 RESULTS = f"results/{config['name']}"

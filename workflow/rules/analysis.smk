@@ -1,4 +1,9 @@
-"""Loss-landscape analyses of trained networks (ticketbench.analysis), one tidy CSV per job."""
+"""Loss-landscape analyses of trained networks (ticketbench.analysis), tidy CSVs.
+
+RUN/analysis/<kind>/ holds one table per job that the report reads (one row per eigenvalue or per
+point of a path); the per-path barriers go to RUN/analysis/barriers/, apart, because the report reads
+every CSV of an analysis folder as that analysis.
+"""
 
 
 rule hessian:
@@ -30,7 +35,8 @@ rule instability:
     input:
         copy_pairs,
     output:
-        f"{RUN}/analysis/instability/level_{{level}}.csv",
+        paths=f"{RUN}/analysis/instability/level_{{level}}.csv",
+        barriers=f"{RUN}/analysis/barriers/instability_level_{{level}}.csv",
     log:
         f"{LOGS}/instability_level_{{level}}.log",
     threads: config["threads"]
@@ -44,8 +50,8 @@ rule instability:
         run=run_of,
         runtime=runtime_flags,
     shell:
-        "ticketbench instability {params.run} --level {wildcards.level} {params.options} -o {output}"
-        " {params.runtime} > {log} 2>&1"
+        "ticketbench instability {params.run} --level {wildcards.level} {params.options}"
+        " -o {output.paths} --barriers {output.barriers} {params.runtime} > {log} 2>&1"
 
 
 rule successive:
@@ -53,7 +59,8 @@ rule successive:
     input:
         successive_pair,
     output:
-        f"{RUN}/analysis/successive/level_{{level}}.csv",
+        paths=f"{RUN}/analysis/successive/level_{{level}}.csv",
+        barriers=f"{RUN}/analysis/barriers/successive_level_{{level}}.csv",
     log:
         f"{LOGS}/successive_level_{{level}}.log",
     threads: config["threads"]
@@ -67,4 +74,5 @@ rule successive:
         jobs=job_dirs_of,
         runtime=runtime_flags,
     shell:
-        "ticketbench interpolate {params.jobs} {params.options} -o {output} {params.runtime} > {log} 2>&1"
+        "ticketbench interpolate {params.jobs} {params.options}"
+        " -o {output.paths} --barriers {output.barriers} {params.runtime} > {log} 2>&1"

@@ -33,15 +33,20 @@ class WorkflowConfigError(ValueError):
     """A workflow config is invalid; raised at parse time, before any job starts."""
 
 
+def short_path(path):
+    """Relative to the working directory if inside it (what the jobs see on every node), else absolute."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
 def configfile_path():
     """The one config file the CLI jobs read (``--experiment`` selects the experiment in it).
 
     The jobs read the file, not Snakemake's in-memory config, so experiments changed with ``--config``
     would silently differ from what trains: refuse that, and refuse several config files.
     """
-    files = [os.path.relpath(f) for f in workflow.overwrite_configfiles] or [
-        "config/config.yaml"
-    ]
+    files = [short_path(f) for f in workflow.overwrite_configfiles]
+    files = files or ["config/config.yaml"]
     if len(files) > 1:
         raise WorkflowConfigError(
             f"--configfile: give exactly one workflow config, got {', '.join(files)}"
@@ -57,6 +62,21 @@ def check_experiments_match_file(path, experiments):
             f"experiments: differ from {path} (changed with --config?); the jobs read {path}, "
             f"so edit the experiments there"
         )
+
+
+def check_schema(config, schema_path, where):
+    """One line naming the first offending key; snakemake.utils.validate (called next, to fill in the
+    schema's defaults) would print the whole config instead."""
+    import jsonschema
+
+    with open(schema_path) as f:
+        schema = yaml.safe_load(f)
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(schema).iter_errors(config)
+    )
+    if error is not None:
+        key = ".".join(str(p) for p in error.absolute_path) or "config"
+        raise WorkflowConfigError(f"{where}: {key}: {error.message}")
 
 
 def train_size(cfg: RunConfig) -> int:
@@ -167,7 +187,7 @@ def resolve_experiment(eid, spec, where):
         name: {
             k: v
             for k, v in spec.get(name, {}).items()
-            if k not in ("levels", "branches", "pairs")
+            if k not in ("levels", "branches")
         }
         for name in ("instability", "hessian", "successive")
     }
@@ -352,9 +372,13 @@ def resource(kind, name):
 def cli_options(analysis):
     """An analysis's options from the config as CLI flags (top_k: 10 -> --top-k 10)."""
 
+    def flag(key, value):
+        values = value if isinstance(value, list) else [value]
+        return f"--{key.replace('_', '-')} " + " ".join(str(v) for v in values)
+
     def flags(wildcards):
         opts = EXPERIMENTS[wildcards.experiment].options[analysis]
-        return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in sorted(opts.items()))
+        return " ".join(flag(k, v) for k, v in sorted(opts.items()))
 
     return flags
 
