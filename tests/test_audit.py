@@ -44,8 +44,9 @@ def test_audit_passes_on_untouched_results_and_checks_every_job(tree, capsys):
     assert "0 failed" in capsys.readouterr().out
     findings = findings_of(results)
     jobs = len(list((results / "runs").glob("*/seed*/*/level_*/**/summary.json")))
-    for check in ("hash", "accuracy", "mask"):
-        assert sum(f.check == check and f.status == audit.OK for f in findings) == jobs
+    runs = len(list((results / "runs").glob("*/seed*/rewind.pt")))
+    for check, n in (("hash", jobs + runs), ("accuracy", jobs), ("mask", jobs)):
+        assert sum(f.check == check and f.status == audit.OK for f in findings) == n
     starts = {f.job.split("/")[0] for f in findings if f.check == "start" and f.status == audit.OK}
     assert starts == {"imp", "oneshot", "random_prune", "finetune", "copy", "rewind.pt"}  # all but random reinit
 

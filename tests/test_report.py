@@ -65,8 +65,10 @@ def test_tables_do_not_depend_on_where_the_results_live(reported, tmp_path):
 
 def test_missing_analysis_is_reported_and_malformed_one_rejected(reported, tmp_path):
     out, config = reported
-    skipped = json.loads((out / "figures" / "skipped.json").read_text())
-    assert "not run at this scale" in skipped["stabilized_instability_stab_tiny"]
+    index = pd.read_csv(out / "tables" / "figures.csv").set_index("figure")
+    assert not index.loc["stabilized_instability_stab_tiny.png", "drawn"]
+    assert "not run at this scale" in index.loc["stabilized_instability_stab_tiny.png", "caption"]
+    assert sorted(index.index[index["drawn"]]) == sorted(p.name for p in (out / "figures").iterdir())
     broken = tmp_path / "tiny"
     shutil.copytree(out / "runs", broken / "runs")
     bad = broken / "runs" / "stab_tiny_k0" / "seed0" / "analysis" / "instability" / "level_00.csv"

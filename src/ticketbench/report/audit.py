@@ -104,7 +104,7 @@ def _audit_run(run: Any, name: str, atol: float) -> list[Finding]:
     except CheckpointError as e:
         out.append(Finding(name, "rewind.pt", "hash", FAIL, str(e)))
 
-    kinds = run.kinds()
+    kinds = run.kinds
     masks: dict[str, Any] = {}
     # IMP jobs first: the other branches are checked against IMP's masks.
     for summary_path in sorted(run.root.glob("*/level_*/**/summary.json"), key=lambda p: (p.parts[len(run.root.parts)] != "imp", p)):

@@ -75,10 +75,12 @@ def write_figures(results: Path, data: dict[str, pd.DataFrame | None], scale: st
     for stale in out.glob("*.png"):
         if stale.name not in keep:
             stale.unlink()
-    from ..checkpoints import atomic_write
-
-    atomic_write(out / "skipped.json", json.dumps(skipped, indent=1, sort_keys=True) + "\n")
-    atomic_write(out / "captions.json", json.dumps({p.name: c for p, c in drawn}, indent=1, sort_keys=True) + "\n")
+    # The figure index is a tidy table beside the others (the figures folder holds only PNGs, which is
+    # what DVC's image plots expect).
+    index = [{"figure": p.name, "drawn": True, "caption": c} for p, c in drawn] + [
+        {"figure": f"{name}.png", "drawn": False, "caption": why} for name, why in skipped.items()]
+    tables.write_csv(pd.DataFrame(index, columns=["figure", "drawn", "caption"]).sort_values("figure"),
+                     Path(results) / "tables" / "figures.csv")
     return drawn
 
 
@@ -104,8 +106,10 @@ def write_document(results: Path, claims_path: Path, scale: str) -> list[claims_
     jobs = data["jobs"]
     found = claims_mod.evaluate(claims_mod.load(claims_path), jobs, run_configs(results), data)
     figs_dir = results / "figures"
-    captions = json.loads((figs_dir / "captions.json").read_text()) if (figs_dir / "captions.json").is_file() else {}
-    skipped = json.loads((figs_dir / "skipped.json").read_text()) if (figs_dir / "skipped.json").is_file() else {}
+    index = pd.read_csv(results / "tables" / "figures.csv") if (results / "tables" / "figures.csv").is_file() else \
+        pd.DataFrame(columns=["figure", "drawn", "caption"])
+    captions = {r.figure: r.caption for r in index.itertuples() if r.drawn}
+    skipped = {r.figure.removesuffix(".png"): r.caption for r in index.itertuples() if not r.drawn}
     blocks = _blocks(jobs, found, captions, skipped, scale, claims_path)
     atomic_write(results / "report.md", _markdown(blocks))
     atomic_write(results / "report.html", _html(blocks, figs_dir, scale))
