@@ -40,6 +40,10 @@ source_url=$(git -C "$repo" remote get-url origin 2>/dev/null || true)
 
 args=(build -f "$repo/containers/Dockerfile" -t "$tag"
       --build-arg "VERSION=$version" --build-arg "REVISION=$revision" --build-arg "SOURCE=$source_url")
+# The same labels again on the command line: podman 4.3 reuses a cached LABEL layer even when the build
+# arguments in it changed, which would leave a stale revision on a rebuilt image.
+args+=(--label "org.opencontainers.image.version=$version" --label "org.opencontainers.image.revision=$revision"
+       --label "org.opencontainers.image.source=$source_url")
 [ -n "$base" ] && args+=(--build-arg "BASE_IMAGE=$base")
 if [ "$engine" = podman ]; then
     args+=(--ignorefile "$repo/containers/Dockerfile.dockerignore")

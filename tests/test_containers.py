@@ -51,8 +51,10 @@ def run(cmd, log: Path | None = None, **kwargs) -> subprocess.CompletedProcess:
 def report(request, line: str) -> None:
     """Measured times and sizes go to the terminal: CI logs keep them."""
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"[container] {line}")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"[container] {line}")
 
 
 def worktree_copy(dest: Path) -> Path:
