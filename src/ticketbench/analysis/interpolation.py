@@ -19,9 +19,8 @@ Choices that the papers leave implicit are explicit options here:
 - ``bn``: ``"as_is"`` (default) interpolates BN running statistics along with the weights and evaluates
   the interpolated network in eval mode as it is: the network LMC evaluates according to issue 4
   (not verifiable in the stored sources). ``"recompute"`` re-estimates the running statistics of each
-  interpolated network on training data first (a forward pass in train mode over ``bn_examples``
-  un-augmented training images, exact cumulative average; the "BN reset" of Izmailov et al. 2018's
-  SWA and Jordan et al. 2023's REPAIR), which removes the variance collapse of interpolated BN networks
+  interpolated network on the un-augmented training images first (``recompute_batchnorm``; the "BN
+  reset" of Izmailov et al. 2018's SWA, also used by Jordan et al. 2023's REPAIR), which removes the variance collapse of interpolated BN networks
   and so measures a smaller barrier. Endpoints are then re-estimated too and differ from the trained
   networks' own metrics.
 
@@ -104,18 +103,26 @@ def endpoints(a: Mapping[str, Tensor], b: Mapping[str, Tensor], mask_a: Mask, ma
 
 @torch.no_grad()
 def recompute_batchnorm(model: nn.Module, split: Split, batch_size: int = 1000) -> None:
-    """Replace every BN layer's running statistics by their exact average over ``split`` (train-mode
-    forward passes with momentum=None, PyTorch's cumulative moving average), then return to eval mode."""
+    """Re-estimate every BN layer's running statistics on ``split``, as SWA's ``bn_update`` (Izmailov
+    et al. 2018): forward passes in train mode over fixed chunks, with the momentum of each chunk set
+    to its share of the examples seen so far, so that the running mean is the size-weighted average of
+    the chunk means (for the first BN layer: exactly the data mean of its input) and the running
+    variance the size-weighted average of the chunk variances (it omits the spread of the chunk means,
+    O(1/batch_size) of the variance). Leaves the model in eval mode with its momenta restored."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return
     saved = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
-        m.momentum = None
     model.train()
+    seen = 0
     for i in range(0, len(split), batch_size):
-        model(split.x[i:i + batch_size])
+        x = split.x[i:i + batch_size]
+        for m in bns:
+            m.momentum = len(x) / (seen + len(x))
+        model(x)
+        seen += len(x)
     for m, mom in zip(bns, saved):
         m.momentum = mom
     model.eval()
