@@ -99,6 +99,13 @@ def sha256_of(path: str | Path) -> str:
     return torch.load(path, map_location="cpu", weights_only=True)["sha256"]
 
 
+def remove_stale_temporaries(folder: Path, name: str = "*") -> None:
+    """Delete temporary files of writes that a killed process never finished. Only call it while
+    holding the lock of the job that writes them: a live writer's temporary file must not vanish."""
+    for tmp in folder.glob(f".{name}.tmp-*"):
+        tmp.unlink(missing_ok=True)
+
+
 class JobLock:
     """An exclusive, non-blocking lock on a job directory, so two processes (two workflow invocations,
     or a workflow and a manual CLI call) never train into the same directory at once. The kernel drops
@@ -122,6 +129,7 @@ class JobLock:
             raise CheckpointError(f"{self.path.parent}: already being trained by {holder}; wait for it or kill it") from None
         os.ftruncate(self._fd, 0)
         os.write(self._fd, f"pid {os.getpid()} on {os.uname().nodename}".encode())
+        remove_stale_temporaries(self.path.parent)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -123,6 +123,7 @@ class Run:
         names = [n for n, _ in model.named_parameters()]
 
         def snapshot(step: int, net: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+            checkpoints.remove_stale_temporaries(self.root, "rewind.pt")  # under the level-0 job lock
             checkpoints.save(self.root / "rewind.pt", {"step": step, "model": _cpu(net.state_dict()),
                                                        "optimizer": opt.state_dict(), "param_names": names},
                              kind="rewind", config_hash=self.hash)
