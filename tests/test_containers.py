@@ -225,14 +225,24 @@ def smoke_results(workdir: Path) -> Path:
     return workdir / "results" / yaml.safe_load((workdir / SMOKE).read_text())["name"]
 
 
+def jobs_done(output: str) -> int:
+    """Number of jobs of a Snakemake run that finished all it had to do (fails the test otherwise)."""
+    done = re.findall(r"^(\d+) of (\d+) steps \(100%\) done$", output, re.M)
+    assert done, "Snakemake did not report 100% done"
+    return int(done[-1][1])
+
+
 def standin_snakemake(workdir: Path, *args: str, log: Path, request, what: str) -> list[str]:
     """Snakemake from the venv, every job through the apptainer stand-in; returns the logged exec lines."""
     env = {**os.environ, "PATH": STANDIN_PATH, "APPTAINER_STANDIN_LOG": str(log)}
     start = time.monotonic()
-    run([sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", SMOKE, *args], cwd=workdir, env=env,
-        log=workdir / "snakemake.out")
-    report(request, f"{what}: {time.monotonic() - start:.0f} s")
-    return log.read_text().splitlines() if log.exists() else []
+    result = run([sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", SMOKE, *args], cwd=workdir,
+                 env=env, log=workdir / "snakemake.out")
+    jobs = jobs_done(result.stdout + result.stderr)
+    report(request, f"{what}: {jobs} jobs in {time.monotonic() - start:.0f} s")
+    execs = log.read_text().splitlines() if log.exists() else []
+    assert len(execs) == jobs, "every job must run through the container (a run: rule would escape it)"
+    return execs
 
 
 @needs_workflow
@@ -243,10 +253,11 @@ def test_smoke_workflow_runs_inside_the_image(image, tmp_path, request):
     work = worktree_copy(tmp_path / "repo")
     subprocess.run(["chown", "-R", "1000:1000", str(work)], check=True)
     start = time.monotonic()
-    run(["podman", "run", "--rm", "--network", "none", "--volume", f"{work}:/work", "--workdir", "/work", image,
-         "snakemake", "--cores", "1", "--configfile", SMOKE], log=tmp_path / "snakemake.out")
-    report(request, f"smoke workflow inside the image (podman run): {time.monotonic() - start:.0f} s")
-    assert (smoke_results(work) / "report.md").is_file()
+    result = run(["podman", "run", "--rm", "--network", "none", "--volume", f"{work}:/work", "--workdir", "/work",
+                  image, "snakemake", "--cores", "1", "--configfile", SMOKE], log=tmp_path / "snakemake.out")
+    jobs = jobs_done(result.stdout + result.stderr)
+    report(request, f"smoke workflow inside the image (podman run): {jobs} jobs in {time.monotonic() - start:.0f} s")
+    assert any(smoke_results(work).rglob("summary.json"))
 
 
 @needs_workflow
@@ -257,10 +268,7 @@ def test_snakemake_sdm_apptainer_runs_every_job_in_the_image(image, tmp_path, re
     execs = standin_snakemake(work, "--sdm", "apptainer", "--config", f"container=docker://{image}",
                               log=tmp_path / "standin.log", request=request,
                               what="smoke workflow, --sdm apptainer (stand-in), local")
-    assert (smoke_results(work) / "report.md").is_file()
-    jobs = [line for line in execs if line.startswith(f"{image}\t")]
-    assert jobs and len(jobs) == len(execs)
-    assert all("ticketbench" in line for line in jobs)
+    assert all(line.startswith(f"{image}\t") and "ticketbench" in line for line in execs)
     (pulled,) = (work / ".snakemake" / "singularity").glob("*.simg")
     assert f"podman-image: {image}" in pulled.read_text()
 
@@ -279,6 +287,6 @@ def test_use_singularity_alias_with_a_local_sif(image, tmp_path, request):
                               log=tmp_path / "standin.log", request=request,
                               what="one job, --use-singularity (stand-in) with a local image file")
     assert (work / target).is_file()
-    assert len(execs) == 1 and execs[0].startswith(f"{image}\t")
+    assert execs[0].startswith(f"{image}\t")
     assert not (work / ".snakemake" / "singularity").exists() or not any(
         (work / ".snakemake" / "singularity").glob("*.simg")), "a local image must not be pulled"
