@@ -37,6 +37,22 @@ def workflow_config(name: str = "tiny") -> dict:
     }
 
 
+def ticketbench(*argv: str) -> int:
+    """One CLI call, in this process (the torch import is paid once per test session)."""
+    cli.build_parser()  # registers the plug-in subcommands
+    if argv[0] in cli.COMMANDS:
+        return cli.main(list(argv))
+    # The analysis subcommands are not wired into cli.build_parser yet: use their own register().
+    import argparse
+
+    from ticketbench.analysis.commands import register
+
+    parser = argparse.ArgumentParser(prog="ticketbench")
+    handlers = register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(list(argv))
+    return handlers[args.command](args) or 0
+
+
 JOBS = {  # family -> (kind, level, replicate) of the branches trained at every pruned level
     "lth": [("random_reinit", None, 0), ("random_prune", None, 0)],
     "stabilized": [("copy", 0, 0), ("copy", 0, 1), ("copy", LEVELS, 0), ("copy", LEVELS, 1)],
@@ -51,14 +67,37 @@ def make(results: Path, config_path: Path) -> Path:
         for seed in e["seeds"]:
             base = [str(config_path), "--experiment", exp, "--seed", str(seed),
                     "--run-dir", str(results / "runs" / exp / f"seed{seed}"), "--threads", "1", "--no-progress"]
-            assert cli.main(["imp", *base]) == 0
+            assert ticketbench("imp", *base) == 0
             for kind, level, rep in JOBS[e["family"]]:
                 for lv in [level] if level is not None else range(1, LEVELS + 1):
                     if kind == "finetune":
-                        assert cli.main(["finetune", *base, "--level", str(lv)]) == 0
+                        assert ticketbench("finetune", *base, "--level", str(lv)) == 0
                     else:
-                        assert cli.main(["branch", *base, "--kind", kind, "--level", str(lv), "--replicate", str(rep)]) == 0
+                        assert ticketbench("branch", *base, "--kind", kind, "--level", str(lv), "--replicate", str(rep)) == 0
+            analyse(results / "runs" / exp / f"seed{seed}", e["family"])
     return results
+
+
+def analyse(run: Path, family: str) -> None:
+    """The analyses the workflow runs for each family, with tiny settings (5 points, top-3 eigenvalues)."""
+    rt = ["--threads", "1", "--no-progress"]
+    a = run / "analysis"
+    if family == "stabilized":
+        for lv in (0, LEVELS):
+            assert ticketbench("instability", str(run), "--level", str(lv), "--pairs", "1", "--points", "5",
+                               "-o", str(a / "instability" / f"level_{lv:02d}.csv"),
+                               "--barriers", str(a / "barriers" / f"instability_level_{lv:02d}.csv"), *rt) == 0
+    if family == "saleem":
+        for lv in range(LEVELS):
+            assert ticketbench("interpolate", str(run / "imp" / f"level_{lv:02d}"), str(run / "imp" / f"level_{lv + 1:02d}"),
+                               "--mask", "common", "none", "--points", "5",
+                               "-o", str(a / "successive" / f"level_{lv:02d}.csv"),
+                               "--barriers", str(a / "barriers" / f"successive_level_{lv:02d}.csv"), *rt) == 0
+        jobs = [("imp", lv, run / "imp" / f"level_{lv:02d}") for lv in range(LEVELS + 1)]
+        jobs += [("oneshot", lv, run / "oneshot" / f"level_{lv:02d}" / "rep_0") for lv in range(1, LEVELS + 1)]
+        for branch, lv, job in jobs:
+            assert ticketbench("hessian", str(job), "--top-k", "3", "--max-hvps", "30", "--trace-samples", "0",
+                               "--subset-fraction", "0.5", "-o", str(a / "hessian" / f"{branch}_level_{lv:02d}.csv"), *rt) == 0
 
 
 def write_config(path: Path, name: str = "tiny") -> Path:

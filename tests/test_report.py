@@ -55,27 +55,45 @@ def test_jobs_table_has_one_row_per_finished_job_with_its_run(reported):
     assert not any(Path(j).is_absolute() for j in jobs["job"])
 
 
+def test_analysis_tables_stack_every_run_with_its_run_columns(reported):
+    out, _ = reported
+    inst = pd.read_csv(out / "tables" / "instability.csv")
+    assert set(inst["experiment"]) == {"stab_tiny_k0", "stab_tiny_k10"} and set(inst["level"]) == {0, 2}
+    assert set(inst["rewind_step"]) == {0, 10} and (inst.groupby(["experiment", "level", "pair"]).size() == 5).all()
+    hessian = pd.read_csv(out / "tables" / "hessian.csv")
+    assert set(zip(hessian["branch"], hessian["level"])) == {("imp", 0), ("imp", 1), ("imp", 2), ("oneshot", 1), ("oneshot", 2)}
+    successive = pd.read_csv(out / "tables" / "successive.csv")
+    assert set(successive["mask"]) == {"common", "none"} and "job_a" not in successive.columns
+
+
 def test_tables_do_not_depend_on_where_the_results_live(reported, tmp_path):
     out, config = reported
     moved = tmp_path / "elsewhere" / "tiny"
     shutil.copytree(out / "runs", moved / "runs")
     document.write_tables(moved, config)
-    assert (moved / "tables" / "jobs.csv").read_bytes() == (out / "tables" / "jobs.csv").read_bytes()
+    for name in ("jobs", "instability", "hessian", "successive"):
+        assert (moved / "tables" / f"{name}.csv").read_bytes() == (out / "tables" / f"{name}.csv").read_bytes(), name
 
 
 def test_missing_analysis_is_reported_and_malformed_one_rejected(reported, tmp_path):
     out, config = reported
     index = pd.read_csv(out / "tables" / "figures.csv").set_index("figure")
+    assert sorted(index.index[index["drawn"]]) == sorted(p.name for p in (out / "figures").iterdir())
+    partial = tmp_path / "partial" / "tiny"
+    shutil.copytree(out / "runs", partial / "runs")
+    for run in (partial / "runs").glob("stab_tiny_*/seed0"):
+        shutil.rmtree(run / "analysis")
+    assert cli.main(["report", str(partial), "--config", str(config), "--claims", str(CLAIMS)]) == 0
+    index = pd.read_csv(partial / "tables" / "figures.csv").set_index("figure")
     assert not index.loc["stabilized_instability_stab_tiny.png", "drawn"]
     assert "not run at this scale" in index.loc["stabilized_instability_stab_tiny.png", "caption"]
-    assert sorted(index.index[index["drawn"]]) == sorted(p.name for p in (out / "figures").iterdir())
-    broken = tmp_path / "tiny"
-    shutil.copytree(out / "runs", broken / "runs")
-    bad = broken / "runs" / "stab_tiny_k0" / "seed0" / "analysis" / "instability" / "level_00.csv"
+    assert not (partial / "tables" / "instability.csv").exists()
+    assert "instability analysis not run" in (partial / "report.md").read_text()
+    bad = partial / "runs" / "stab_tiny_k0" / "seed0" / "analysis" / "instability" / "level_00.csv"
     bad.parent.mkdir(parents=True)
     bad.write_text("alpha,something\n0,1\n")
     with pytest.raises(tables.ResultsError, match="level_00.csv: malformed instability table"):
-        document.write_tables(broken, config)
+        document.write_tables(partial, config)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -86,8 +104,9 @@ def test_missing_analysis_is_reported_and_malformed_one_rejected(reported, tmp_p
 def test_figures_of_every_family_are_drawn_and_byte_identical_on_rerun(reported, tmp_path):
     out, config = reported
     names = {p.name for p in (out / "figures").glob("*.png")}
-    assert {"lth_accuracy_lth_tiny.png", "lth_early_stop_lth_tiny.png", "stabilized_accuracy_stab_tiny.png",
-            "saleem_methods_saleem_tiny.png", "saleem_levels_saleem_tiny.png"} <= names
+    assert names == {"lth_accuracy_lth_tiny.png", "lth_early_stop_lth_tiny.png", "stabilized_accuracy_stab_tiny.png",
+                     "stabilized_instability_stab_tiny.png", "saleem_methods_saleem_tiny.png", "saleem_levels_saleem_tiny.png",
+                     "saleem_hessian_saleem_tiny.png", "saleem_successive_saleem_tiny.png"}
     again = tmp_path / "tiny"
     shutil.copytree(out / "runs", again / "runs")
     assert cli.main(["report", str(again), "--config", str(config), "--claims", str(CLAIMS)]) == 0

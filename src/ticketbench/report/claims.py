@@ -456,10 +456,11 @@ def _last_density(chk, unit, analyses):
 def barriers(instability: pd.DataFrame | None) -> pd.DataFrame:
     """Error barrier per run, level and copy pair: max over the path of the test error minus the mean
     of the endpoints' errors (LMC Sec. 2), in percentage points; averaged over pairs per seed."""
-    from .tables import INSTABILITY_ERROR
+    from .tables import INSTABILITY_ERROR, instability_paths
 
     if instability is None:
         return pd.DataFrame(columns=["experiment", "group", "seed", "rewind_step", "level", "barrier", "max_error"])
+    instability = instability_paths(instability)
     keys = ["experiment", "group", "seed", "rewind_step", "level"]
     pair = [c for c in ("pair", "replicate") if c in instability.columns][:1]
 
@@ -551,13 +552,15 @@ def _successive_iff_matching(chk, unit, analyses):
     s = analyses.get("successive")
     if s is None or s[s["experiment"].isin(unit["experiment"].unique())].empty:
         raise NotRun("successive-level interpolation not run for these runs")
-    s = s[s["experiment"].isin(unit["experiment"].unique())]
+    s = s[s["experiment"].isin(unit["experiment"].unique()) & (s["mask"] == chk.get("mask", "common"))]
+    if "bn" in s.columns and s["bn"].nunique() > 1:
+        s = s[s["bn"] == "as_is"]
     threshold, matching = chk.get("threshold", 2.0), chk.get("matching", 0.2)
     metric = _metric(chk, unit)
     out = []
     for seed, g in s.groupby("seed"):
         agree = []
-        for lv, path in g.groupby("level"):
+        for lv, path in g[g["level"] >= 1].groupby("level"):
             err = 100 * path.sort_values("alpha")[SUCCESSIVE_ERROR].to_numpy(dtype=float)
             barrier = err.max() - (err[0] + err[-1]) / 2
             acc = _per_seed(unit, "imp", int(lv) + 1, metric).get(seed)

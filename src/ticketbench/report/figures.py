@@ -25,6 +25,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
 from ..checkpoints import atomic_write  # noqa: E402
+from .tables import SUCCESSIVE_LOSS  # noqa: E402
 
 BRANCH_LABELS = {"imp": "IMP (winning ticket)", "random_reinit": "random reinit", "random_prune": "random pruning",
                  "oneshot": "one-shot pruning", "finetune": "fine-tuning", "copy": "SGD-noise copy"}
@@ -63,6 +64,14 @@ def _remaining_axis(ax: plt.Axes, densities: pd.Series) -> None:
     if values:
         ax.set_xlim(max(values) * 1.15, min(values) / 1.15)
     ax.set_xlabel(REMAINING)
+
+
+def _log_if_wide(ax: plt.Axes, values: pd.Series) -> None:
+    """A log y axis for quantities spanning more than a decade (eigenvalues); linear otherwise, where
+    log tick labels would read 4x10^-1."""
+    v = values[values > 0]
+    if len(v) and v.max() / v.min() > 10:
+        ax.set_yscale("log")
 
 
 def _title(fig: plt.Figure, what: str, experiment: str, table: pd.DataFrame, scale: str) -> None:
@@ -183,9 +192,10 @@ def stabilized_instability_figure(group: pd.DataFrame, instability: pd.DataFrame
     """Left: error barrier vs. rewind point k for the dense net and the IMP subnetworks (LMC Figs. 3, 5).
     Right: test error along the linear path between the two SGD-noise copies, per k (LMC Fig. 2)."""
     from .claims import barriers
-    from .tables import INSTABILITY_ERROR
+    from .tables import INSTABILITY_ERROR, instability_paths
 
-    inst = instability[instability["experiment"].isin(group["experiment"].unique())]
+    inst = instability_paths(instability)
+    inst = inst[inst["experiment"].isin(group["experiment"].unique())]
     if inst.empty:
         return []
     dens = group[group["branch"] == "imp"].groupby("level")["density"].mean()
@@ -242,66 +252,106 @@ def saleem_methods_figure(jobs: pd.DataFrame, experiment: str, scale: str, out: 
                    f"random reinitialization and random pruning at the same per-layer sparsity")]
 
 
+def hessian_quantity(hessian: pd.DataFrame, quantity: str) -> pd.DataFrame:
+    """Rows of one quantity of the Hessian table (eigenvalue, trace, log_volume), with % remaining."""
+    return _pct(hessian[hessian["quantity"] == quantity]).assign(value=lambda d: d["value"].astype(float))
+
+
 def saleem_levels_figure(jobs: pd.DataFrame, hessian: pd.DataFrame | None, experiment: str, scale: str,
                          out: Path) -> list[tuple[Path, str]]:
     """Per IMP level: training loss and test accuracy of the trained network and, where the Hessian
     analysis ran, its top eigenvalues and log-volume estimate (Saleem et al. 2024)."""
-    from .tables import HESSIAN_EIGENVALUE, HESSIAN_LOG_VOLUME
-
     df = jobs[(jobs["experiment"] == experiment) & (jobs["branch"] == "imp")]
     if df.empty:
         return []
-    df = _pct(df).assign(**{ACCURACY: 100 * df["final_test_acc"].astype(float),
-                            "training loss (cross-entropy, nats)": df["final_train_loss"].astype(float)})
-    h = None if hessian is None else hessian[(hessian["experiment"] == experiment) & (hessian.get("branch", "imp") == "imp")]
-    panels = [("training loss (cross-entropy, nats)", df, None), (ACCURACY, df, None)]
-    if h is not None and not h.empty:
-        h = _pct(h)
-        panels += [("top Hessian eigenvalues", h, "index"), ("log-volume estimate (nats)", h, None)]
+    loss = "training loss (cross-entropy, nats)"
+    df = _pct(df).assign(**{ACCURACY: 100 * df["final_test_acc"].astype(float), loss: df["final_train_loss"].astype(float)})
+    h = None if hessian is None else hessian[(hessian["experiment"] == experiment) & (hessian["branch"] == "imp")]
+    has_h = h is not None and not h.empty
     _theme()
-    fig, axes = _subplots(1, len(panels), figsize=(4.8 * len(panels), 4.4), squeeze=False)
-    for ax, (what, d, hue) in zip(axes[0], panels):
-        if what == "top Hessian eigenvalues":
-            d = d.assign(eigenvalue=d[HESSIAN_EIGENVALUE].astype(float), rank=d["index"].map(lambda i: f"λ{int(i) + 1}"))
-            sns.lineplot(data=d, x=REMAINING, y="eigenvalue", hue="rank", marker="o", errorbar=BAND, ax=ax,
-                         palette="mako", legend="brief")
-            ax.set_yscale("log")
-            ax.set_ylabel("eigenvalue of the training-loss Hessian")
-            ax.legend(title=None, fontsize="x-small", ncol=2)
-        elif what == "log-volume estimate (nats)":
-            d = d.drop_duplicates(["seed", "level"]).assign(**{what: d[HESSIAN_LOG_VOLUME].astype(float)})
-            sns.lineplot(data=d, x=REMAINING, y=what, marker="o", errorbar=BAND, ax=ax, color="C4")
-        else:
-            sns.lineplot(data=d, x=REMAINING, y=what, marker="o", errorbar=BAND, ax=ax, color="C0")
-        _remaining_axis(ax, d["density"])
-        ax.set_title(what.split(" (")[0], fontsize="medium")
+    fig, axes = _subplots(2 if has_h else 1, 2, figsize=(11.5, 8.6 if has_h else 4.4), squeeze=False)
+    ax = axes.flatten()
+    sns.lineplot(data=df, x=REMAINING, y=loss, marker="o", errorbar=BAND, ax=ax[0], color="C0")
+    ax[0].set_title("training loss of the trained network", fontsize="medium")
+    sns.lineplot(data=df, x=REMAINING, y=ACCURACY, marker="o", errorbar=BAND, ax=ax[1], color="C0")
+    ax[1].set_title("test accuracy", fontsize="medium")
+    if has_h:
+        eig = hessian_quantity(h, "eigenvalue")
+        eig = eig.assign(rank=eig["index"].map(lambda i: f"λ{int(i) + 1}"))
+        ranks = [f"λ{i + 1}" for i in sorted(eig["index"].astype(int).unique())]
+        sns.lineplot(data=eig, x=REMAINING, y="value", hue="rank", hue_order=ranks, marker="o", markersize=4,
+                     errorbar=BAND, ax=ax[2], palette="mako")
+        _log_if_wide(ax[2], eig["value"])
+        ax[2].set_ylabel("eigenvalue of the training-loss Hessian")
+        ax[2].set_title(f"top {len(ranks)} Hessian eigenvalues (unpruned coordinates)", fontsize="medium")
+        ax[2].legend(title=None, fontsize="x-small", ncol=2)
+        vol = hessian_quantity(h, "log_volume")
+        method = vol["method"].dropna().iloc[0] if "method" in vol and vol["method"].notna().any() else ""
+        sns.lineplot(data=vol, x=REMAINING, y="value", marker="o", errorbar=BAND, ax=ax[3], color="C4")
+        ax[3].set_ylabel("log-volume estimate (nats)")
+        ax[3].set_title(f"basin log-volume ({method} estimate)" if method else "basin log-volume", fontsize="medium")
+    for a, d in zip(ax, (df, df, df, df)):
+        _remaining_axis(a, d["density"])
     _title(fig, "Saleem et al. 2024: the IMP solution at each level", experiment, df, scale)
     path = out / f"saleem_levels_{experiment}.png"
     save_png(fig, path)
-    note = "" if len(panels) > 2 else " (Hessian analysis not run at this scale)"
+    note = "" if has_h else " (Hessian analysis not run at this scale)"
     return [(path, f"{experiment}: per IMP level, training loss, test accuracy, top Hessian eigenvalues and "
                    f"log-volume of the trained network (Saleem et al. 2024){note}")]
 
 
+def saleem_hessian_figure(jobs: pd.DataFrame, hessian: pd.DataFrame, experiment: str, scale: str,
+                          out: Path) -> list[tuple[Path, str]]:
+    """Top eigenvalue and log-volume of IMP's solutions beside the baselines' at the same sparsity."""
+    h = hessian[hessian["experiment"] == experiment]
+    if h.empty or h["branch"].nunique() < 2:
+        return []
+    top = hessian_quantity(h, "eigenvalue")
+    top = top[top["index"] == 0]
+    vol = hessian_quantity(h, "log_volume")
+    _theme()
+    fig, (ax1, ax2) = _subplots(1, 2, figsize=(12.4, 4.6))
+    for ax, d, ylabel, title in ((ax1, top, "top eigenvalue λ1", "sharpness: top Hessian eigenvalue"),
+                                 (ax2, vol, "log-volume estimate (nats)", "basin log-volume")):
+        d = d.assign(method=d["branch"].map(BRANCH_LABELS))
+        sns.lineplot(data=d, x=REMAINING, y="value", hue="method", palette=BRANCH_COLORS, marker="o", errorbar=BAND, ax=ax)
+        _remaining_axis(ax, d["density"])
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize="medium")
+        ax.legend(title=None, fontsize="small")
+    _log_if_wide(ax1, top["value"])
+    _title(fig, "Saleem et al. 2024: curvature of IMP's solutions vs. the baselines'", experiment,
+           jobs[jobs["experiment"] == experiment], scale)
+    path = out / f"saleem_hessian_{experiment}.png"
+    save_png(fig, path)
+    return [(path, f"{experiment}: top Hessian eigenvalue and basin log-volume of the trained networks of IMP and "
+                   f"the baselines analysed, vs. weights remaining")]
+
+
+MASK_LABELS = {"common": "both endpoints on the sparser mask", "none": "weights as stored"}
+
+
 def saleem_successive_figure(jobs: pd.DataFrame, successive: pd.DataFrame, experiment: str, scale: str,
                              out: Path) -> list[tuple[Path, str]]:
-    """Training loss along the line from the level-L solution to the level-(L+1) solution (Saleem et al.;
-    Paul et al. 2023 measure the error barrier of the same path)."""
-    from .tables import SUCCESSIVE_LOSS
-
+    """Training loss along the line from the level-L solution to the level-(L+1) solution (Saleem et
+    al.; Paul et al. 2023 measure the error barrier of the same path), one panel per mask mode."""
     s = successive[successive["experiment"] == experiment]
     if s.empty:
         return []
-    s = s.assign(pair=s["level"].map(lambda lv: f"level {int(lv)} → {int(lv) + 1}"),
+    s = s.assign(pair=[f"level {int(a)} → {int(b)}" for a, b in zip(s["level"], s["level_b"])],
                  loss=s[SUCCESSIVE_LOSS].astype(float))
     order = [f"level {lv} → {lv + 1}" for lv in sorted(s["level"].astype(int).unique())]
+    modes = [m for m in ("common", "none") if (s["mask"] == m).any()]
     _theme()
-    fig, ax = _subplots(figsize=(6.6, 4.6))
-    sns.lineplot(data=s, x="alpha", y="loss", hue="pair", hue_order=order, errorbar=BAND, palette="crest", ax=ax)
-    ax.set_xlabel("interpolation coefficient α (0 = level L, 1 = level L+1)")
-    ax.set_ylabel("training loss (cross-entropy, nats)")
-    ax.legend(title=None, fontsize="small", ncol=2)
-    _title(fig, "Saleem et al. 2024: loss along the line between successive IMP solutions", experiment,
+    fig, axes = _subplots(1, len(modes), figsize=(6.2 * len(modes), 4.6), squeeze=False, sharey=True)
+    for ax, mode in zip(axes[0], modes):
+        sns.lineplot(data=s[s["mask"] == mode], x="alpha", y="loss", hue="pair", hue_order=order, errorbar=BAND,
+                     palette="crest", ax=ax)
+        ax.set_xlabel("interpolation coefficient α (0 = level L, 1 = level L+1)")
+        ax.set_ylabel("training loss (cross-entropy, nats)")
+        ax.set_title(MASK_LABELS.get(mode, mode), fontsize="medium")
+        ax.legend(title=None, fontsize="small", ncol=2)
+    _title(fig, "Saleem et al. 2024 / Paul et al. 2023: loss between successive IMP solutions", experiment,
            jobs[jobs["experiment"] == experiment], scale)
     path = out / f"saleem_successive_{experiment}.png"
     save_png(fig, path)
@@ -350,6 +400,7 @@ def draw_all(data: dict[str, pd.DataFrame | None], scale: str, out: Path) -> tup
         elif fam == "saleem":
             attempt(f"saleem_methods_{exp}", None, lambda e=exp: saleem_methods_figure(jobs, e, scale, out))
             attempt(f"saleem_levels_{exp}", None, lambda e=exp: saleem_levels_figure(jobs, data.get("hessian"), e, scale, out))
+            attempt(f"saleem_hessian_{exp}", "hessian", lambda e=exp: saleem_hessian_figure(jobs, data["hessian"], e, scale, out))
             attempt(f"saleem_successive_{exp}", "successive",
                     lambda e=exp: saleem_successive_figure(jobs, data["successive"], e, scale, out))
     stab = jobs[jobs["family"] == "stabilized"]

@@ -27,18 +27,19 @@ JOB_COLUMNS = ["experiment", "run", "config_hash", "seed", "branch", "level", "r
                "early_stop_step", "early_stop_test_acc", "early_stop_val_loss", "start_step", "end_step", "job"]
 SORT = ["experiment", "seed", "branch", "level", "replicate"]
 
-# Columns each analysis CSV must have (written by ticketbench.analysis); anything else is kept as is.
+# The analyses' tables (written by ticketbench.analysis.commands, one CSV per job or per level in
+# RUN/analysis/<kind>/<...>level_LL.csv), with the columns the figures and claims read. Errors are
+# fractions, losses nats. Anything else in the files is kept as is, except the endpoints' job paths,
+# which depend on where the results were when the analysis ran.
 ANALYSES: dict[str, list[str]] = {
-    "hessian": ["level", "density"],
-    "instability": ["level", "alpha"],
-    "successive": ["level", "alpha"],
+    "hessian": ["branch", "level", "density", "quantity", "index", "value"],
+    "instability": ["level", "pair", "alpha", "test_error", "test_loss"],
+    "successive": ["level", "level_b", "mask", "alpha", "train_loss", "test_error"],
 }
-# The analysis columns the figures and claims read (fractions for errors, nats for losses).
+DROPPED = ("job_a", "job_b")
 INSTABILITY_ERROR = "test_error"
 SUCCESSIVE_ERROR = "test_error"
 SUCCESSIVE_LOSS = "train_loss"
-HESSIAN_EIGENVALUE = "eigenvalue"
-HESSIAN_LOG_VOLUME = "log_volume"
 
 
 class ResultsError(ValueError):
@@ -98,20 +99,32 @@ def analysis(results: Path, kind: str, families: dict[str, str] | None = None) -
     frames = []
     for run in run_dirs(results):
         info = run_info(run, families)
-        for path in sorted((run / "analysis" / kind).glob("*.csv")):
-            df = pd.read_csv(path)
+        for path in sorted((run / "analysis" / kind).glob("*level_[0-9][0-9].csv")):
+            try:
+                df = pd.read_csv(path)
+            except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+                raise ResultsError(f"{path}: malformed {kind} table ({e})") from None
             missing = [c for c in ANALYSES[kind] if c not in df.columns]
             if missing:
                 raise ResultsError(f"{path}: malformed {kind} table, missing column(s) {', '.join(missing)}")
-            df = df.drop(columns=[c for c in RUN_COLUMNS if c in df.columns])
+            df = df.drop(columns=[c for c in (*RUN_COLUMNS, *DROPPED) if c in df.columns])
             for col in reversed(RUN_COLUMNS):
                 df.insert(0, col, info[col])
             frames.append(df)
     if not frames:
         return None
     out = pd.concat(frames, ignore_index=True)
-    keys = [c for c in ("experiment", "seed", "level", "branch", "replicate", "pair", "alpha", "index") if c in out.columns]
+    keys = [c for c in ("experiment", "seed", "branch", "level", "replicate", "pair", "mask", "bn", "quantity", "index", "alpha")
+            if c in out.columns]
     return out.sort_values(keys, ignore_index=True, kind="stable")
+
+
+def instability_paths(instability: pd.DataFrame) -> pd.DataFrame:
+    """The paths LMC evaluates: the interpolated network as is (``bn == as_is``) where several BN modes
+    were run."""
+    if "bn" in instability.columns and instability["bn"].nunique() > 1:
+        return instability[instability["bn"] == "as_is"]
+    return instability
 
 
 def families_of(workflow_config: Path | None) -> dict[str, str]:
