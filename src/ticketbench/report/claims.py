@@ -11,17 +11,20 @@ shows mean, min and max over seeds and n. The verdict is
   density, or the analysis it needs was not run (the reason is given);
 - ``not checked``: the suite does not measure this quantity at any scale (e.g. ImageNet, L2 distances).
 
-Check vocabulary (see config/claims.yaml for the documented fields):
+Check vocabulary (config/claims.yaml documents the fields once more for its readers):
 
-- ``select``: ``family`` and/or ``protocol`` (dotted run-config keys that must equal the given values);
-- operands ``{branch, at, rewind}``: a branch's metric at a level chosen by ``at``: ``{level: L}``,
-  ``{density: d}`` (the IMP level nearest to d, within a factor ``DENSITY_MATCH``), or ``sparsest``
-  (the highest level every operand has in every seed); ``rewind``: ``min``, ``max`` or a step k;
-- measures: ``value``, ``difference`` (a - b), ``ratio`` (a / b), ``best`` (max over levels >= 1 of the
-  gain or ratio against the dense net), ``last_density`` (the smallest density down to which every
-  level keeps the condition against the dense net), ``barrier`` (instability), ``barrier_trend``
-  (barrier at the smallest k minus at the largest k), ``onset`` (smallest k with barrier below a
-  threshold), ``successive_iff_matching`` (Paul et al.);
+- ``select``: ``family``, ``branches`` the experiment must have trained, and/or ``protocol`` (names of
+  ``protocols``: dotted run-config keys that must equal the paper's values);
+- ``at``: the level compared: ``{level: L}``, ``{density: d}`` (the IMP level nearest to d, within a
+  factor ``DENSITY_MATCH``) or ``sparsest`` (the highest pruned level every operand reached in every seed);
+- operands ``of`` / ``a`` / ``b``: ``{branch, rewind}``, a branch's ``metric`` (a summary.json column;
+  ``auto`` = test accuracy at early stop where there is a validation split, else at the end), of the
+  runs rewound to ``rewind`` (``min``, ``max`` or a step k) where the unit sweeps k;
+- measures: ``value``, ``difference`` (a - b), ``ratio`` (a / b), ``versus_dense`` (of against the
+  dense net), ``best`` (the best or worst pruned level against the dense net), ``last_density`` (the
+  density down to which every level keeps a condition against the dense net), ``barrier``
+  (instability), ``barrier_trend`` (barrier at the smallest k minus at the largest k), ``onset``
+  (smallest k with a barrier below a threshold), ``successive_iff_matching`` (Paul et al. 2023);
 - ``expect``: ``{op: '>'|'>='|'<'|'<=', value}``, ``{op: within, value, tol}`` or
   ``{op: within_factor, value, factor}``.
 """
@@ -66,10 +69,6 @@ class Result:
     values: list[float] = field(default_factory=list)
     unit_label: str = ""
     detail: str = ""
-
-    @property
-    def n(self) -> int:
-        return len(self.values)
 
     def summary(self) -> str:
         """mean (min..max, n) in the check's unit, or the reason it was not computed."""
@@ -134,13 +133,11 @@ def evaluate(claims: list[dict[str, Any]], jobs: pd.DataFrame, configs: dict[str
         if not checks:
             out.append(Result(claim, "", NOT_CHECKED, detail=claim.get("not_checked", "")))
             continue
-        for i, chk in enumerate(checks):
+        for chk in checks:
             label = chk.get("label", "")
             units = _units(chk, jobs, configs)
             if not units:
-                why = f"no run matches protocol '{chk['select'].get('protocol_name')}'" if chk.get("select", {}).get("protocol") \
-                    else f"no {chk.get('select', {}).get('family', '')} experiment in these results"
-                out.append(Result(claim, label, NOT_RUN, chk, detail=why))
+                out.append(Result(claim, label, NOT_RUN, chk, detail=_no_runs(chk.get("select") or {})))
                 continue
             for name, unit in units:
                 try:
@@ -153,6 +150,14 @@ def evaluate(claims: list[dict[str, Any]], jobs: pd.DataFrame, configs: dict[str
     return out
 
 
+def _no_runs(sel: dict[str, Any]) -> str:
+    if sel.get("protocol"):
+        return f"no run matches protocol '{sel['protocol_name']}'"
+    what = " ".join(filter(None, [sel.get("family"), "experiment"]))
+    has = f" with {' and '.join(sel['branches'])}" if sel.get("branches") else ""
+    return f"no {what}{has} in these results"
+
+
 def unit_of(chk: dict[str, Any]) -> str:
     """The unit a check's values are in (accuracies in %, their differences in percentage points)."""
     m, how = chk["measure"], chk.get("as", "difference")
@@ -160,6 +165,8 @@ def unit_of(chk: dict[str, Any]) -> str:
     base = "%" if pct else METRIC_UNITS.get(chk.get("metric"), "")
     if m == "value" or (m == "best" and how == "value"):
         return base
+    if m == "barrier" and chk.get("of") == "max_error":
+        return "% test error"
     if m in ("difference", "versus_dense", "best") and how == "difference":
         return "pp" if pct else base
     if m in ("ratio", "versus_dense", "best") and how in ("ratio", "speedup", "difference"):
