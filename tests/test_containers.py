@@ -290,3 +290,38 @@ def test_use_singularity_alias_with_a_local_sif(image, tmp_path, request):
     assert execs[0].startswith(f"{image}\t")
     assert not (work / ".snakemake" / "singularity").exists() or not any(
         (work / ".snakemake" / "singularity").glob("*.simg")), "a local image must not be pulled"
+
+
+@pytest.fixture(scope="module")
+def slurm_conf(podman):
+    """The local test cluster of tests/slurm/up.sh; stopped again only if this module started it."""
+    up = REPO / "tests" / "slurm" / "up.sh"
+    if not up.exists():
+        pytest.skip("tests/slurm/up.sh is not there yet")
+    result = subprocess.run(["bash", up], capture_output=True, text=True)
+    if result.returncode == 3:
+        pytest.skip(f"no SLURM test cluster here: {result.stderr.strip()}")
+    assert result.returncode == 0, result.stderr
+    conf = re.search(r"export SLURM_CONF=(\S+)", result.stdout).group(1)
+    yield conf
+    if "already up" not in result.stderr:
+        subprocess.run(["bash", REPO / "tests" / "slurm" / "down.sh"], capture_output=True)
+
+
+@needs_workflow
+@pytest.mark.slurm
+@pytest.mark.container
+def test_sdm_apptainer_through_slurm(image, slurm_conf, tmp_path, request, monkeypatch):
+    """Jobs submitted with sbatch re-run Snakemake inside the allocation, which execs the rule in the
+    image: the path a cluster user takes. Two chained jobs (dense training, then IMP level 1)."""
+    monkeypatch.setenv("SLURM_CONF", slurm_conf)
+    work = worktree_copy(tmp_path / "repo")
+    results = smoke_results(work).relative_to(work)
+    target = f"{results}/runs/lth_lenet/seed0/imp/level_01/summary.json"
+    execs = standin_snakemake(
+        work, "--executor", "slurm", "--jobs", "2", "--sdm", "apptainer", "--config", f"container=docker://{image}",
+        "--slurm-no-account", "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
+        "--seconds-between-status-checks", "2", "--default-resources", "slurm_partition=debug", "--", target,
+        log=tmp_path / "standin.log", request=request, what="two jobs, --sdm apptainer (stand-in) through SLURM")
+    assert (work / target).is_file()
+    assert all(line.startswith(f"{image}\t") for line in execs)
