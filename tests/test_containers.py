@@ -194,6 +194,15 @@ def test_image_runs_as_non_root_with_no_network(image):
 
 
 @pytest.mark.container
+def test_definition_test_section_passes_in_the_image(image):
+    """What `apptainer test ticketbench.sif` runs (Apptainer runs %test with /bin/sh), run in the image."""
+    text = (CONTAINERS / "ticketbench.def").read_text()
+    section = re.search(r"^%test\n(.*?)(?=^%|\Z)", text, re.M | re.S).group(1)
+    out = run(["podman", "run", "--rm", "-i", "--network", "none", image, "sh", "-s"], input=section).stdout
+    assert "torch 2.14.1" in out and "cuda 13.0" in out
+
+
+@pytest.mark.container
 def test_smoke_imp_runs_inside_the_image(image, tmp_path, request):
     """The repository bind-mounted read-only, results in a bind-mounted folder written by the image's
     non-root user: the shape of a real run."""
