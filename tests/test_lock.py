@@ -15,10 +15,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def lock_entries(text: str) -> list[tuple[str, str]]:
-    """(canonical name, version) for every `name==version` line; anything else is a malformed lock."""
+    """(canonical name, version) for every `name==version` requirement; anything else is a malformed lock.
+    Understands pip's hash-checking format (`\\` continuations, `--hash=sha256:...`), which pip enforces by
+    itself in the image once the lock carries hashes."""
     entries = []
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
+    for number, raw in enumerate(text.replace("\\\n", " ").splitlines(), 1):
+        line = " ".join(t for t in raw.split("#", 1)[0].split() if not t.startswith("--hash="))
         if not line:
             continue
         req = Requirement(line)
@@ -74,6 +76,8 @@ def test_build_backend_pin_matches_the_lock(lock):
 
 def test_lock_parser_rejects_a_range_and_reads_a_pin():
     assert lock_entries("Foo_Bar==1.2  # why\n\n") == [("foo-bar", "1.2")]
+    assert lock_entries("torch==2.14.1 \\\n    --hash=sha256:305a \\\n    --hash=sha256:99ff\nsix==1.0\n") == [
+        ("torch", "2.14.1"), ("six", "1.0")]
     with pytest.raises(AssertionError, match="not an exact pin"):
         lock_entries("torch>=2.0\n")
 
