@@ -17,8 +17,10 @@ for cmd in podman runc debootstrap; do
 done
 if [ "${#need[@]}" -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends podman runc debootstrap ca-certificates >/dev/null
+    # Another apt (a parallel setup script) may hold the lock for a while: wait for it instead of failing.
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
+        podman runc debootstrap ca-certificates >/dev/null
 fi
 
 conf=/etc/containers/containers.conf
