@@ -203,6 +203,22 @@ def test_definition_test_section_passes_in_the_image(image):
 
 
 @pytest.mark.container
+def test_apptainer_standin_execs_like_apptainer(image, tmp_path, monkeypatch):
+    """The parts of apptainer's behaviour Snakemake relies on: the calling user, the current directory
+    bound and kept, --home, SINGULARITYENV_* variables, the image's own PATH, and no network."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SINGULARITYENV_RULE_VAR", "from-snakemake")
+    monkeypatch.setenv("HOST_VAR", "passed")
+    script = "echo $(id -u) $PWD $HOME $RULE_VAR $HOST_VAR $(command -v ticketbench) > out.txt; cat /proc/net/dev"
+    result = run([STANDIN / "apptainer", "--quiet", "exec", "--home", str(tmp_path), f"docker://{image}",
+                  "bash", "-c", script])
+    assert (tmp_path / "out.txt").read_text().split() == [
+        str(os.getuid()), str(tmp_path), str(tmp_path), "from-snakemake", "passed", "/opt/venv/bin/ticketbench"]
+    interfaces = [line.split(":")[0].strip() for line in result.stdout.splitlines()[2:]]
+    assert interfaces == ["lo"]
+
+
+@pytest.mark.container
 def test_smoke_imp_runs_inside_the_image(image, tmp_path, request):
     """The repository bind-mounted read-only, results in a bind-mounted folder written by the image's
     non-root user: the shape of a real run."""
