@@ -15,7 +15,7 @@ import yaml
 
 import synthetic_results
 from ticketbench import cli
-from ticketbench.report import claims, document, tables
+from ticketbench.report import claims, document, figures, tables
 
 REPO = Path(__file__).resolve().parents[1]
 CLAIMS = REPO / "config" / "claims.yaml"
@@ -79,21 +79,21 @@ def test_missing_analysis_is_reported_and_malformed_one_rejected(reported, tmp_p
     out, config = reported
     index = pd.read_csv(out / "tables" / "figures.csv").set_index("figure")
     assert sorted(index.index[index["drawn"]]) == sorted(p.name for p in (out / "figures").iterdir())
-    partial = tmp_path / "partial" / "tiny"
-    shutil.copytree(out / "runs", partial / "runs")
-    for run in (partial / "runs").glob("stab_tiny_*/seed0"):
-        shutil.rmtree(run / "analysis")
-    assert cli.main(["report", str(partial), "--config", str(config), "--claims", str(CLAIMS)]) == 0
-    index = pd.read_csv(partial / "tables" / "figures.csv").set_index("figure")
-    assert not index.loc["stabilized_instability_stab_tiny.png", "drawn"]
-    assert "not run at this scale" in index.loc["stabilized_instability_stab_tiny.png", "caption"]
-    assert not (partial / "tables" / "instability.csv").exists()
-    assert "instability analysis not run" in (partial / "report.md").read_text()
-    bad = partial / "runs" / "stab_tiny_k0" / "seed0" / "analysis" / "instability" / "level_00.csv"
-    bad.parent.mkdir(parents=True)
+    data = document.read_tables(out)
+    stab = {"jobs": data["jobs"][data["jobs"]["family"] == "stabilized"], "instability": None}
+    drawn, skipped = figures.draw_all(stab, "tiny", tmp_path / "figures")
+    assert [p.name for p, _ in drawn] == ["stabilized_accuracy_stab_tiny.png"]
+    assert skipped == {"stabilized_instability_stab_tiny": "the instability analysis was not run at this scale"}
+    trend = next(c for c in claims.load(CLAIMS) if c["id"] == "lmc-onset-resnet20")
+    res = claims.evaluate([trend], stab["jobs"], document.run_configs(out), stab)
+    assert [(r.verdict, r.detail) for r in res if "qualitative" in r.unit] == [
+        (claims.NOT_RUN, "instability analysis not run for these runs")]
+    broken = tmp_path / "tiny"
+    shutil.copytree(out / "runs", broken / "runs")
+    bad = broken / "runs" / "stab_tiny_k0" / "seed0" / "analysis" / "instability" / "level_00.csv"
     bad.write_text("alpha,something\n0,1\n")
     with pytest.raises(tables.ResultsError, match="level_00.csv: malformed instability table"):
-        document.write_tables(partial, config)
+        document.write_tables(broken, config)
 
 
 # --------------------------------------------------------------------------------------------------
