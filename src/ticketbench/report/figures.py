@@ -29,7 +29,11 @@ from .tables import SUCCESSIVE_LOSS  # noqa: E402
 
 BRANCH_LABELS = {"imp": "IMP (winning ticket)", "random_reinit": "random reinit", "random_prune": "random pruning",
                  "oneshot": "one-shot pruning", "finetune": "fine-tuning", "copy": "SGD-noise copy"}
-BRANCH_COLORS = dict(zip(BRANCH_LABELS.values(), sns.color_palette("colorblind", len(BRANCH_LABELS))))
+_PALETTE = sns.color_palette("colorblind", 10)
+# Distinct hues (the palette's orange and vermillion are too close to tell apart) and marker shapes, so
+# that overlapping curves stay distinguishable in print and for colour-blind readers.
+BRANCH_COLORS = dict(zip(BRANCH_LABELS.values(), [_PALETTE[i] for i in (0, 1, 2, 4, 5, 7)]))
+BRANCH_MARKERS = dict(zip(BRANCH_LABELS.values(), ["o", "s", "^", "D", "v", "X"]))
 BAND = ("pi", 100)  # the band spans min..max over seeds
 REMAINING = "weights remaining (%)"
 ACCURACY = "test accuracy (%)"
@@ -55,7 +59,7 @@ def _subplots(*args, **kwargs):
 def _remaining_axis(ax: plt.Axes, densities: pd.Series) -> None:
     """Log x axis of % remaining, dense on the left, ticks at the levels actually trained."""
     ax.set_xscale("log")
-    values = sorted({round(100 * d, 1) for d in densities.dropna()}, reverse=True)
+    values = sorted({float(f"{100 * d:.3g}") for d in densities.dropna() if d > 0}, reverse=True)
     step = max(1, int(np.ceil(len(values) / 8)))
     ticks = values[::step]
     ax.xaxis.set_major_locator(FixedLocator(ticks))
@@ -96,6 +100,11 @@ def _baselines(jobs: pd.DataFrame, branches: list[str]) -> pd.DataFrame:
     return _pct(df).assign(method=df["branch"].map(BRANCH_LABELS))
 
 
+def _methods(df: pd.DataFrame) -> list[str]:
+    """Legend order: IMP first, then the baselines in a fixed order, so colours and order never move."""
+    return [label for label in BRANCH_LABELS.values() if (df["method"] == label).any()]
+
+
 # --------------------------------------------------------------------------------------------------
 # Frankle & Carbin 2019
 # --------------------------------------------------------------------------------------------------
@@ -110,8 +119,8 @@ def _accuracy_figure(table: pd.DataFrame, branches: tuple[str, ...]) -> plt.Figu
     fig, axes = _subplots(1, len(panels), figsize=(6.2 * len(panels), 4.6), squeeze=False, sharey=True)
     for ax, (col, label) in zip(axes[0], panels):
         d = df.assign(**{ACCURACY: 100 * df[col].astype(float)})
-        sns.lineplot(data=d, x=REMAINING, y=ACCURACY, hue="method", palette=BRANCH_COLORS, marker="o",
-                     errorbar=BAND, ax=ax)
+        sns.lineplot(data=d, x=REMAINING, y=ACCURACY, hue="method", hue_order=_methods(d), palette=BRANCH_COLORS,
+                     style="method", style_order=_methods(d), markers=BRANCH_MARKERS, dashes=False, errorbar=BAND, ax=ax)
         _remaining_axis(ax, df["density"])
         ax.set_title(f"test accuracy {label}", fontsize="medium")
         ax.legend(title=None, fontsize="small")
@@ -147,7 +156,8 @@ def lth_early_stop_figure(jobs: pd.DataFrame, experiment: str, scale: str, out: 
     d = d.assign(**{"early-stop iteration": d["early_stop_step"].astype(float)})
     _theme()
     fig, ax = _subplots(figsize=(6.4, 4.6))
-    sns.lineplot(data=d, x=REMAINING, y="early-stop iteration", hue="method", palette=BRANCH_COLORS, marker="o",
+    sns.lineplot(data=d, x=REMAINING, y="early-stop iteration", hue="method", hue_order=_methods(d),
+                 palette=BRANCH_COLORS, style="method", style_order=_methods(d), markers=BRANCH_MARKERS, dashes=False,
                  errorbar=BAND, ax=ax)
     _remaining_axis(ax, d["density"])
     ax.set_ylabel("early-stop iteration (iterations)")
@@ -314,7 +324,8 @@ def saleem_hessian_figure(jobs: pd.DataFrame, hessian: pd.DataFrame, experiment:
     for ax, d, ylabel, title in ((ax1, top, "top eigenvalue λ1", "sharpness: top Hessian eigenvalue"),
                                  (ax2, vol, "log-volume estimate (nats)", "basin log-volume")):
         d = d.assign(method=d["branch"].map(BRANCH_LABELS))
-        sns.lineplot(data=d, x=REMAINING, y="value", hue="method", palette=BRANCH_COLORS, marker="o", errorbar=BAND, ax=ax)
+        sns.lineplot(data=d, x=REMAINING, y="value", hue="method", hue_order=_methods(d), palette=BRANCH_COLORS,
+                     style="method", style_order=_methods(d), markers=BRANCH_MARKERS, dashes=False, errorbar=BAND, ax=ax)
         _remaining_axis(ax, d["density"])
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize="medium")
