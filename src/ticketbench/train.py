@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -71,6 +72,8 @@ class Runtime:
         if self.threads:
             torch.set_num_threads(self.threads)
         if self.deterministic:
+            # cuBLAS needs a fixed workspace to be deterministic (PyTorch "Reproducibility" notes).
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=False)
             torch.backends.cudnn.benchmark = False
         else:
