@@ -279,3 +279,8 @@ def test_claims_file_copies_the_papers_facts_faithfully():
         assert c["id"] in ours, c["id"]
         for key in ("paper", "source", "source_type", "quantity", "value", "condition"):
             assert ours[c["id"]][key] == c[key], (c["id"], key)
+
+
+def test_report_of_a_folder_without_runs_fails_with_a_message(tmp_path, capsys):
+    assert cli.main(["report", str(tmp_path), "--claims", str(CLAIMS)]) == 2
+    assert "no run directories" in capsys.readouterr().err

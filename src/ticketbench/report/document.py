@@ -41,6 +41,9 @@ def scale_of(results: Path, workflow_config: Path | None) -> str:
 
 def write_tables(results: Path, workflow_config: Path | None) -> dict[str, pd.DataFrame | None]:
     """tables/jobs.csv and one CSV per analysis that was run (stale ones are removed)."""
+    if not tables.run_dirs(results):
+        raise tables.ResultsError(f"{results}: no run directories (runs/<experiment>/seed<S>/config.yaml); "
+                                  f"run the workflow first, or `dvc pull` its results")
     families = tables.families_of(workflow_config)
     out = Path(results) / "tables"
     data: dict[str, pd.DataFrame | None] = {"jobs": tables.jobs(results, families)}
