@@ -1,0 +1,275 @@
+"""The Snakemake workflow: the job plan per config, config rejection before any job, and (slow) the smoke
+workflow end to end with its rerun behaviour.
+
+Every snakemake call runs in a scratch working directory that links the repository's Snakefile,
+workflow/ and profiles/ and copies config/, so results, .snakemake/ metadata and config edits stay
+out of the repository."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+BIN = Path(sys.executable).parent
+SNAKEMAKE = [str(BIN / "snakemake")]
+
+# Jobs of `snakemake -n --configfile config/smoke.yaml`, per rule, derived from config/smoke.yaml:
+SMOKE_JOBS = {
+    "dense": 3,  # 3 experiments x 1 seed
+    "imp_level": 5,  # levels 1-2 (lth_lenet) + 1 (stabilized_k10) + 1-2 (saleem)
+    # lth_lenet: random_reinit at levels 1, 2 + random_prune at level 2; stabilized_k10: 2 copies at
+    # levels 0 and 1; saleem: oneshot at level 2
+    "branch": 3 + 4 + 1,
+    "finetune": 2,  # saleem: fine-tuning levels 1, 2
+    "instability": 2,  # stabilized_k10: levels 0, 1
+    "hessian": 3,  # saleem: imp, oneshot, finetune at level 2
+    "successive": 2,  # saleem: levels 0->1, 1->2
+    "report": 1,
+    "all": 1,
+}
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    for name in ("Snakefile", "workflow", "profiles"):
+        (tmp_path / name).symlink_to(REPO / name)
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    return tmp_path
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*SNAKEMAKE, *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run: rule -> number of jobs."""
+    table = output[output.index("Job stats:"):]
+    rows = re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.M)
+    return {rule: int(n) for rule, n in rows if rule != "total"}
+
+
+def scheduled_jobs(output: str) -> list[dict[str, str]]:
+    """Rule and wildcards of every job a dry run would execute."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", output):
+        m = re.match(r"(?:local)?rule (\w+):", block)
+        if m:
+            w = re.search(r"^\s+wildcards: (.*)$", block, flags=re.M)
+            wildcards = dict(kv.split("=", 1) for kv in w.group(1).split(", ")) if w else {}
+            jobs.append({"rule": m.group(1), **wildcards})
+    return jobs
+
+
+def edit_config(path: Path, edit) -> None:
+    """Edit a config file. Experiments that share a YAML anchor share objects once loaded: a JSON round
+    trip unshares them, so an edit reaches only the experiment it names."""
+    cfg = json.loads(json.dumps(yaml.safe_load(path.read_text())))
+    edit(cfg)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+# --------------------------------------------------------------------------------------------------
+# The job plan
+# --------------------------------------------------------------------------------------------------
+
+
+def test_smoke_dry_run_lists_every_rule_with_the_expected_job_counts(workdir):
+    out = snakemake(workdir, "-n", "--configfile", "config/smoke.yaml").stdout
+    assert job_counts(out) == SMOKE_JOBS
+
+
+def test_every_training_job_runs_the_cli_on_its_experiment_and_seed(workdir):
+    out = snakemake(workdir, "-n", "--printshellcmds", "--configfile", "config/smoke.yaml").stdout
+    commands = re.findall(r"^Shell command: (ticketbench (?:imp|branch|finetune) .*)$", out, flags=re.M)
+    assert len(commands) == SMOKE_JOBS["dense"] + SMOKE_JOBS["imp_level"] + SMOKE_JOBS["branch"] + SMOKE_JOBS["finetune"]
+    for cmd in commands:
+        exp, seed = re.search(r"--experiment (\S+) --seed (\d+)", cmd).groups()
+        assert cmd.startswith(("ticketbench imp config/smoke.yaml", "ticketbench branch config/smoke.yaml",
+                               "ticketbench finetune config/smoke.yaml"))
+        assert f"--run-dir results/smoke/runs/{exp}/seed{seed} " in cmd
+        assert "--threads 1 --no-progress" in cmd
+
+
+def test_the_default_config_is_the_paper_scale_and_all_configs_pass_the_linter(workdir):
+    """`snakemake --lint` parses the workflow with a config (schema, every run config, every level) and
+    exits 1 on any finding; with no --configfile it reads config/config.yaml."""
+    for args in ([], ["--configfile", "config/quick.yaml"], ["--configfile", "config/smoke.yaml"]):
+        proc = snakemake(workdir, "--lint", *args)
+        assert "Congratulations" in proc.stdout + proc.stderr
+    paper = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    assert paper["name"] == "paper" and paper["gpu"] == 1
+    assert {spec["family"] for spec in paper["experiments"].values()} == {"lth", "stabilized", "saleem"}
+
+
+def test_the_workflow_files_are_formatted():
+    proc = subprocess.run([str(BIN / "snakefmt"), "--check", "Snakefile", "workflow"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_workflow_train_sizes_are_the_data_modules():
+    """The workflow resolves schedules without importing torch, from its own copy of the sizes."""
+    from ticketbench import data
+
+    text = (REPO / "workflow/rules/common.smk").read_text()
+    literal = re.search(r"^OFFICIAL_TRAIN = (\{.*?\})$", text, flags=re.M | re.S).group(1)
+    assert ast.literal_eval(literal) == {name: sizes[0] for name, sizes in data.SIZES.items()}
+
+
+def test_paper_config_follows_the_papers_protocols():
+    """Spot checks against ../shared/papers/reported_numbers.md (P-LTHv5 Fig. 2 table and App. G-I)."""
+    exps = yaml.safe_load((REPO / "config/config.yaml").read_text())["experiments"]
+    lenet = exps["lth_lenet"]["run"]
+    assert lenet["train"] == {"optimizer": "adam", "lr": 0.0012, "batch_size": 60, "steps": "50000it",
+                              "eval_every": "100it"}
+    assert lenet["data"]["validation_size"] == 5000 and lenet["model"]["init"] == "glorot_normal"
+    assert lenet["prune"] == {"strategy": "layerwise", "rates": {"fc": 0.2, "output": 0.1}}
+    assert len(exps["lth_lenet"]["seeds"]) == 5 and exps["lth_lenet"]["baselines"]["random_reinit"]["replicates"] == 3
+    resnet = exps["lth_resnet20"]["run"]
+    assert resnet["prune"] == {"strategy": "global", "rates": {"conv": 0.2}}  # shortcuts and output kept
+    assert resnet["train"]["steps"] == "30000it" and resnet["train"]["milestones"] == ["20000it", "25000it"]
+    assert exps["lth_resnet20_warmup"]["run"]["train"]["warmup"] == "20000it"
+    ks = sorted(int(spec["run"]["imp"]["rewind"].removesuffix("it")) for eid, spec in exps.items()
+                if eid.startswith("stabilized_resnet20"))
+    assert ks == [0, 100, 500, 1000, 2000]
+    saleem = exps["saleem_resnet20"]
+    assert saleem["run"]["imp"] == {"levels": 10, "rewind": "2000it"}
+    assert saleem["run"]["train"]["steps"] == "160ep" and saleem["run"]["train"]["milestones"] == ["80ep", "120ep"]
+    assert set(saleem["baselines"]) == {"oneshot", "random_reinit", "random_prune"} and saleem["finetune"]["levels"] == 10
+
+
+# --------------------------------------------------------------------------------------------------
+# Invalid configs are rejected at parse time, naming the key, before any job starts
+# --------------------------------------------------------------------------------------------------
+
+
+def _set(*path_and_value):
+    *path, value = path_and_value
+
+    def edit(cfg):
+        node = cfg
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+
+    return edit
+
+
+INVALID = {
+    "unknown run key": (_set("experiments", "saleem", "run", "train", "lr_decay", 0.1),
+                        "experiments.saleem.run.train.lr_decay: unknown key"),
+    "wrong type": (_set("experiments", "saleem", "run", "train", "batch_size", "32"),
+                   "experiments.saleem.run.train.batch_size: expected an integer"),
+    "rate outside (0, 1)": (_set("experiments", "saleem", "run", "prune", "rates", {"fc": 1.2}),
+                            "experiments.saleem.run.prune.rates.fc: 1.2 is outside (0, 1)"),
+    # 320 training examples / batch 32 = 10 iterations per epoch; training lasts 40 iterations
+    "rewind past the end of training": (_set("experiments", "saleem", "run", "imp", {"levels": 2, "rewind": "5ep"}),
+                                        "experiments.saleem.run.imp.rewind: step 50 (5ep) is not before the end"),
+    "unknown workflow key": (_set("experiments", "saleem", "hesian", {"levels": "all"}),
+                             "experiments.saleem: Additional properties are not allowed ('hesian'"),
+    "wrong workflow type": (_set("threads", "two"), "threads: 'two' is not of type 'integer'"),
+    "unknown family": (_set("experiments", "saleem", "family", "frankle"), "experiments.saleem.family: 'frankle'"),
+    "level beyond imp.levels": (_set("experiments", "saleem", "baselines", "oneshot", {"levels": [3]}),
+                                "experiments.saleem.baselines.oneshot.levels: level 3 is outside 1..2"),
+    "hessian of a branch that is not run": (_set("experiments", "saleem", "hessian", {"branches": ["random_prune"]}),
+                                            "experiments.saleem.hessian.branches: random_prune is not run"),
+}
+
+
+@pytest.mark.parametrize("case", INVALID, ids=list(INVALID))
+def test_an_invalid_config_is_rejected_before_any_job_naming_the_key(workdir, case):
+    edit, message = INVALID[case]
+    config = workdir / "config/smoke.yaml"
+    edit_config(config, edit)
+    proc = snakemake(workdir, "--cores", "1", "--configfile", "config/smoke.yaml", check=False)
+    assert proc.returncode != 0
+    assert f"config/smoke.yaml: {message}" in proc.stderr + proc.stdout
+    assert not (workdir / "results").exists()
+
+
+def test_experiments_changed_on_the_command_line_are_refused(workdir):
+    """The jobs read the config file, so an override with --config would not be what trains."""
+    proc = snakemake(workdir, "-n", "--configfile", "config/smoke.yaml", "--config",
+                     'experiments={"saleem": {"seeds": [1]}}', check=False)
+    assert proc.returncode != 0
+    assert "experiments: differ from config/smoke.yaml" in proc.stderr + proc.stdout
+
+
+# --------------------------------------------------------------------------------------------------
+# End to end (slow): the smoke workflow, a rerun, and a change of one experiment
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smoke_done(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("smoke")
+    for name in ("Snakefile", "workflow", "profiles"):
+        (work / name).symlink_to(REPO / name)
+    shutil.copytree(REPO / "config", work / "config")
+    snakemake(work, "--cores", "2", "--configfile", "config/smoke.yaml", timeout=1800)
+    return work
+
+
+@pytest.mark.slow
+def test_smoke_workflow_runs_end_to_end(smoke_done):
+    results = smoke_done / "results/smoke"
+    summaries = list(results.glob("runs/*/seed*/**/summary.json"))
+    trained = sum(SMOKE_JOBS[r] for r in ("dense", "imp_level", "branch", "finetune"))
+    assert len(summaries) == trained
+    assert len(list(results.glob("runs/saleem/seed0/analysis/hessian/*.csv"))) == SMOKE_JOBS["hessian"]
+    assert len(list(results.glob("runs/*/seed0/analysis/instability/*.csv"))) == SMOKE_JOBS["instability"]
+    assert len(list(results.glob("runs/*/seed0/analysis/successive/*.csv"))) == SMOKE_JOBS["successive"]
+    for name in ("report.md", "report.html", "metrics.json"):
+        assert (results / name).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_a_rerun_does_nothing(smoke_done):
+    out = snakemake(smoke_done, "--cores", "2", "--configfile", "config/smoke.yaml").stdout
+    assert "Nothing to be done" in out
+
+
+@pytest.mark.slow
+def test_changing_one_experiment_reruns_only_its_jobs(smoke_done):
+    changed = smoke_done / "config/smoke_changed.yaml"
+    shutil.copy(smoke_done / "config/smoke.yaml", changed)
+    edit_config(changed, _set("experiments", "lth_lenet", "run", "train", "lr", 0.04))
+    out = snakemake(smoke_done, "-n", "--configfile", "config/smoke_changed.yaml").stdout
+    jobs = scheduled_jobs(out)
+    assert {j.get("experiment") for j in jobs if j["rule"] not in ("report", "all")} == {"lth_lenet"}
+    lth = 3 + 3  # lth_lenet: levels 0-2 and its 3 baselines
+    assert sum(j["rule"] not in ("report", "all") for j in jobs) == lth
+    assert {j["rule"] for j in jobs} >= {"report", "all"}
+
+
+@pytest.mark.slow
+def test_an_unfinished_job_and_what_depends_on_it_are_all_that_rerun(smoke_done):
+    """A job whose summary.json is missing (killed before it finished) reruns, with its dependents."""
+    summary = smoke_done / "results/smoke/runs/saleem/seed0/imp/level_02/summary.json"
+    aside = summary.with_name("summary.json.aside")
+    summary.rename(aside)  # a rename keeps the file's mtime, so putting it back restores the state
+    try:
+        jobs = scheduled_jobs(snakemake(smoke_done, "-n", "--configfile", "config/smoke.yaml").stdout)
+    finally:
+        aside.rename(summary)
+    got = sorted((j["rule"], j.get("branch", j.get("kind", "")), j.get("level", ""))
+                 for j in jobs if j["rule"] not in ("report", "all"))
+    # level 2 itself, the one-shot baseline that reads its mask, its Hessian, the one-shot's Hessian and
+    # the successive interpolation 1 -> 2
+    assert got == sorted([("imp_level", "", "02"), ("branch", "oneshot", "02"), ("hessian", "imp", "02"),
+                          ("hessian", "oneshot", "02"), ("successive", "", "01")])
