@@ -8,8 +8,11 @@
 # Debian's slurm-wlm 22.05 + munge, installed with apt if missing. One node (this host, its CPUs and
 # memory as `slurmd -C` reports them), one partition `debug`, no accounting database, and two fake GPUs
 # (gres on /dev/null and /dev/zero) so that rules requesting `gpu` are schedulable; jobs on them see
-# CUDA_VISIBLE_DEVICES but no device. Everything lives in STATE_DIR (config, state, logs, pid files):
-# nothing under /etc/slurm is touched. Idempotent: a cluster that already answers is left as is.
+# CUDA_VISIBLE_DEVICES but no device. Everything lives in STATE_DIR (config, state, logs, pid files),
+# except one symlink /etc/slurm/slurm.conf -> STATE_DIR/slurm.conf: the jobstep plugin runs `srun`
+# inside each job with every SLURM_* variable removed (SLURM_CONF included), so the configuration must
+# be at the default place. An existing /etc/slurm/slurm.conf of another cluster is never replaced.
+# Idempotent: a cluster that already answers is left as is.
 # Needs root (packages, daemons). Exit status 3 = cannot run here (not root, no apt).
 set -euo pipefail
 
@@ -32,7 +35,16 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! comm
   apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends slurm-wlm slurm-client munge >/dev/null
 fi
 
+link_default_conf() {
+  local default=/etc/slurm/slurm.conf
+  if [ -e "$default" ] && [ "$(readlink "$default")" != "$CONF" ]; then
+    say "$default exists and is not ours; not touching another cluster's configuration"; exit 3
+  fi
+  mkdir -p /etc/slurm && ln -sfn "$CONF" "$default"
+}
+
 if [ -f "$CONF" ] && scontrol ping 2>/dev/null | grep -q UP && sinfo -h -o %T 2>/dev/null | grep -qE "idle|mix|alloc"; then
+  link_default_conf
   say "already up ($CONF)"; echo "export SLURM_CONF=$CONF"; exit 0
 fi
 
@@ -64,8 +76,8 @@ AccountingStorageType=accounting_storage/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 MpiDefault=none
-# Finished jobs stay visible to scontrol for 10 minutes (the tests read their GPU allocation).
-MinJobAge=600
+# Finished jobs stay visible to scontrol for an hour (the tests read their GPU allocation).
+MinJobAge=3600
 ReturnToService=2
 GresTypes=gpu
 StateSaveLocation=$STATE/state
@@ -84,6 +96,7 @@ NodeName=$HOST Name=gpu File=/dev/null
 NodeName=$HOST Name=gpu File=/dev/zero
 CONF
 
+link_default_conf
 slurmctld -f "$CONF"
 for _ in $(seq 100); do scontrol ping 2>/dev/null | grep -q UP && break; sleep 0.2; done
 slurmd -f "$CONF"
