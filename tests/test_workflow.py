@@ -183,7 +183,6 @@ INVALID = {
     "unknown workflow key": (_set("experiments", "saleem", "hesian", {"levels": "all"}),
                              "experiments.saleem: Additional properties are not allowed ('hesian'"),
     "wrong workflow type": (_set("threads", "two"), "threads: 'two' is not of type 'integer'"),
-    "unknown family": (_set("experiments", "saleem", "family", "frankle"), "experiments.saleem.family: 'frankle'"),
     "level beyond imp.levels": (_set("experiments", "saleem", "baselines", "oneshot", {"levels": [3]}),
                                 "experiments.saleem.baselines.oneshot.levels: level 3 is outside 1..2"),
     "hessian of a branch that is not run": (_set("experiments", "saleem", "hessian", {"branches": ["random_prune"]}),

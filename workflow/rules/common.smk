@@ -11,7 +11,6 @@ Only ``ticketbench.config`` is imported (it does not import torch), so building 
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import yaml
 
@@ -36,7 +35,7 @@ class WorkflowConfigError(ValueError):
 def short_path(path):
     """Relative to the working directory if inside it (what the jobs see on every node), else absolute."""
     rel = os.path.relpath(path)
-    return path if rel.startswith("..") else rel
+    return str(path) if rel.startswith("..") else rel
 
 
 def configfile_path():
@@ -110,12 +109,13 @@ class Experiment:
     resources: dict  # kind -> {mem_mb, runtime}
 
 
-def resolve_levels(value, lowest, highest, key):
+def resolve_levels(value, lowest, highest, key, why):
+    """``all`` or a list of levels, each within lowest..highest (``why`` says where the bounds come from)."""
     levels = range(lowest, highest + 1) if value == "all" else sorted(value)
     for lv in levels:
         if not lowest <= lv <= highest:
             raise WorkflowConfigError(
-                f"{key}: level {lv} is outside {lowest}..{highest} (imp.levels = {highest})"
+                f"{key}: level {lv} is outside {lowest}..{highest} ({why})"
             )
     return tuple(levels)
 
@@ -134,7 +134,9 @@ def resolve_experiment(eid, spec, where):
 
     baselines = {}
     for kind, b in spec["baselines"].items():
-        levels = resolve_levels(b["levels"], 1, top, f"{key}.baselines.{kind}.levels")
+        levels = resolve_levels(
+            b["levels"], 1, top, f"{key}.baselines.{kind}.levels", f"imp.levels = {top}"
+        )
         baselines[kind] = (b["replicates"], levels)
 
     finetune = tuple(range(1, spec.get("finetune", {}).get("levels", 0) + 1))
@@ -142,7 +144,9 @@ def resolve_experiment(eid, spec, where):
     copies, instability = {}, ()
     if "instability" in spec:
         s = spec["instability"]
-        instability = resolve_levels(s["levels"], 0, top, f"{key}.instability.levels")
+        instability = resolve_levels(
+            s["levels"], 0, top, f"{key}.instability.levels", f"imp.levels = {top}"
+        )
         copies = {lv: 2 * s["pairs"] for lv in instability}
 
     hessian = ()
@@ -164,7 +168,9 @@ def resolve_experiment(eid, spec, where):
             if s["levels"] == "all":
                 levels = tuple(have)
             else:
-                levels = resolve_levels(s["levels"], 0, top, f"{hkey}.levels")
+                levels = resolve_levels(
+                    s["levels"], 0, top, f"{hkey}.levels", f"imp.levels = {top}"
+                )
                 missing = sorted(set(levels) - set(have))
                 if missing:
                     raise WorkflowConfigError(
@@ -180,7 +186,11 @@ def resolve_experiment(eid, spec, where):
                 f"{key}.successive: needs at least one IMP level (imp.levels = 0)"
             )
         successive = resolve_levels(
-            spec["successive"]["levels"], 0, top - 1, f"{key}.successive.levels"
+            spec["successive"]["levels"],
+            0,
+            top - 1,
+            f"{key}.successive.levels",
+            f"pairs L, L+1 of imp.levels = {top}",
         )
 
     options = {
