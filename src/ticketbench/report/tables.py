@@ -5,7 +5,7 @@ for the inside of a run). From there this module builds:
 
 - ``jobs``: one row per trained network (a job's summary.json), with the run's experiment, family,
   network, dataset, seed and rewind step k;
-- ``hessian``, ``instability``, ``successive``: the analyses' CSVs (``RUN/analysis/<kind>/*.csv``)
+- ``hessian``, ``instability``, ``successive``: the analyses' CSVs (``RUN/analysis/<kind>/*level_LL.csv``)
   stacked, with the same run columns.
 
 ``density`` (fraction of prunable weights remaining) is the only sparsity vocabulary in tables;
@@ -70,12 +70,12 @@ def collect(run_dirs: list[Path]) -> pd.DataFrame:
 def jobs(results: Path, families: dict[str, str] | None = None) -> pd.DataFrame:
     """The jobs of every run under ``results``, with the run columns (see :func:`run_info`)."""
     runs = run_dirs(results)
-    info = pd.DataFrame([run_info(r, families) for r in runs], columns=RUN_COLUMNS + ["_dir"])
+    info = pd.DataFrame([run_info(r, families) for r in runs], columns=RUN_COLUMNS)
     df = collect(runs)
     if df.empty:
         return pd.DataFrame(columns=RUN_COLUMNS + [c for c in JOB_COLUMNS if c not in RUN_COLUMNS])
     df["run"] = [f"{e}/seed{s}" for e, s in zip(df["experiment"], df["seed"])]
-    df = df.drop(columns=["experiment", "seed"]).merge(info.drop(columns="_dir"), on="run", how="left")
+    df = df.drop(columns=["experiment", "seed"]).merge(info, on="run", how="left")
     return df[RUN_COLUMNS + [c for c in JOB_COLUMNS if c not in RUN_COLUMNS]].sort_values(
         SORT, na_position="first", ignore_index=True)
 
@@ -88,7 +88,7 @@ def run_info(run: Path, families: dict[str, str] | None = None) -> dict[str, Any
     experiment = cfg.get("name")
     return {"experiment": experiment, "family": (families or {}).get(experiment), "group": _group_of(cfg),
             "network": cfg["model"]["name"], "dataset": cfg["data"]["name"], "seed": cfg["seeds"]["init"],
-            "rewind_step": _rewind_step(run, cfg), "run": f"{experiment}/seed{cfg['seeds']['init']}", "_dir": run}
+            "rewind_step": _rewind_step(run, cfg), "run": f"{experiment}/seed{cfg['seeds']['init']}"}
 
 
 def analysis(results: Path, kind: str, families: dict[str, str] | None = None) -> pd.DataFrame | None:
