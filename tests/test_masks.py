@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ticketbench.config import ModelConfig, PruneConfig
+from ticketbench.config import ModelConfig, PruneConfig, TrainConfig
 from ticketbench.masks import (MaskedParameters, dense_mask, density, magnitude_prune, prune_counts, random_prune,
                                round_half_up)
 from ticketbench.models import build, layer_kinds
+from ticketbench.train import make_optimizer
 
 LTH_LENET = PruneConfig("layerwise", {"fc": 0.2, "output": 0.1})
 LTH_RESNET = PruneConfig("global", {"conv": 0.2})
@@ -94,8 +95,8 @@ def test_pruned_weights_stay_exactly_zero_after_every_optimizer_step(optimizer):
     masked = MaskedParameters(net, mask)
     masked.apply_to_weights()
     params = dict(net.named_parameters())
-    opt = (torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3) if optimizer == "sgd"
-           else torch.optim.Adam(net.parameters(), lr=1e-2, weight_decay=1e-3))
+    lr = 0.1 if optimizer == "sgd" else 1e-2
+    opt = make_optimizer(TrainConfig(optimizer, lr, 16, "20it", momentum=0.9, weight_decay=1e-3), net.parameters())
     checked = []
 
     def all_pruned_zero(*_):

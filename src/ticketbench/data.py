@@ -335,10 +335,11 @@ class Batches:
     def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, pos = divmod(step, self.per_epoch)
         idx = self.permutation(epoch)[pos * self.batch_size:(pos + 1) * self.batch_size]
-        x = self._augment(idx, step) if self.data.augment else self.data.train.x[idx]
+        # index_select is the same gather as x[idx], about twice as fast on CPU.
+        x = self._augment(idx, step) if self.data.augment else self.data.train.x.index_select(0, idx)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return x, self.data.train.y[idx]
+        return x, self.data.train.y.index_select(0, idx)
 
     def _augment(self, idx: torch.Tensor, step: int) -> torch.Tensor:
         """Random 4-pixel-padded crop and horizontal flip per sample, in one gather."""
