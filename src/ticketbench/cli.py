@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .report.commands import register  # report, audit
 
     COMMANDS.update(register(sub))
+    from .analysis.commands import register as register_analyses  # hessian, interpolate, instability
+
+    COMMANDS.update(register_analyses(sub))
     return parser
 
 
