@@ -13,10 +13,14 @@ wildcard_constraints:
 
 
 rule dense:
-    """Level 0: the dense network, trained from initialization; captures the state at the rewind step."""
+    """Level 0: the dense network, trained from initialization; captures the state at the rewind step.
+
+    rewind.pt is deliberately not a declared output: Snakemake deletes the outputs of an interrupted
+    job before rerunning it, and a level-0 job resumed from a checkpoint past step k cannot recapture
+    the state at k. Every consumer depends on level 0's summary.json, written after rewind.pt.
+    """
     output:
         **job_files(f"{RUN}/imp/level_00"),
-        rewind=f"{RUN}/rewind.pt",
         config=f"{RUN}/config.yaml",
     log:
         f"{LOGS}/imp_level_00.log",
