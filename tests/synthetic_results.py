@@ -39,18 +39,7 @@ def workflow_config(name: str = "tiny") -> dict:
 
 def ticketbench(*argv: str) -> int:
     """One CLI call, in this process (the torch import is paid once per test session)."""
-    cli.build_parser()  # registers the plug-in subcommands
-    if argv[0] in cli.COMMANDS:
-        return cli.main(list(argv))
-    # The analysis subcommands are not wired into cli.build_parser yet: use their own register().
-    import argparse
-
-    from ticketbench.analysis.commands import register
-
-    parser = argparse.ArgumentParser(prog="ticketbench")
-    handlers = register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(list(argv))
-    return handlers[args.command](args) or 0
+    return cli.main(list(argv))
 
 
 JOBS = {  # family -> (kind, level, replicate) of the branches trained at every pruned level
