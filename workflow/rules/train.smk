@@ -1,7 +1,8 @@
 """Training jobs: one job per trained network (ticketbench imp | branch | finetune).
 
 Each job's summary.json is written last by ticketbench and marks it done; rewind.pt (the state at the
-rewind step k, shared by every level and branch of a run) is written by level 0.
+rewind step k, shared by every level and branch of a run) is written by level 0. The chains (IMP levels,
+fine-tuning levels) are the critical path, so their jobs go first when jobs wait for a core.
 """
 
 
@@ -25,6 +26,7 @@ rule dense:
     log:
         f"{LOGS}/imp_level_00.log",
     threads: config["threads"]
+    priority: 1
     resources:
         mem_mb=resource("train", "mem_mb"),
         runtime=resource("train", "runtime"),
@@ -50,6 +52,7 @@ rule imp_level:
     wildcard_constraints:
         level=r"0[1-9]|[1-9]\d+",
     threads: config["threads"]
+    priority: 1
     resources:
         mem_mb=resource("train", "mem_mb"),
         runtime=resource("train", "runtime"),
@@ -99,6 +102,7 @@ rule finetune:
     log:
         f"{LOGS}/finetune_level_{{level}}.log",
     threads: config["threads"]
+    priority: 1
     resources:
         mem_mb=resource("train", "mem_mb"),
         runtime=resource("train", "runtime"),
