@@ -25,8 +25,8 @@ rule dense:
         config=f"{RUN}/config.yaml",
     log:
         f"{LOGS}/imp_level_00.log",
-    threads: config["threads"]
     priority: 1
+    threads: config["threads"]
     resources:
         mem_mb=resource("train", "mem_mb"),
         runtime=resource("train", "runtime"),
@@ -51,8 +51,8 @@ rule imp_level:
         f"{LOGS}/imp_level_{{level}}.log",
     wildcard_constraints:
         level=r"0[1-9]|[1-9]\d+",
-    threads: config["threads"]
     priority: 1
+    threads: config["threads"]
     resources:
         mem_mb=resource("train", "mem_mb"),
         runtime=resource("train", "runtime"),
@@ -101,8 +101,8 @@ rule finetune:
         **job_files(f"{RUN}/finetune/level_{{level}}"),
     log:
         f"{LOGS}/finetune_level_{{level}}.log",
-    threads: config["threads"]
     priority: 1
+    threads: config["threads"]
     resources:
         mem_mb=resource("train", "mem_mb"),
         runtime=resource("train", "runtime"),
