@@ -393,7 +393,8 @@ def draw_all(data: dict[str, pd.DataFrame | None], scale: str, out: Path) -> tup
     drawn: list[tuple[Path, str]] = []
     skipped: dict[str, str] = {}
 
-    def attempt(name: str, needs: str | None, draw: Callable[[], list[tuple[Path, str]]]) -> None:
+    def attempt(name: str, needs: str | None, draw: Callable[[], list[tuple[Path, str]]],
+                empty: str = "no data for it in these results") -> None:
         if needs is not None and data.get(needs) is None:
             skipped[name] = f"the {needs} analysis was not run at this scale"
             return
@@ -401,7 +402,7 @@ def draw_all(data: dict[str, pd.DataFrame | None], scale: str, out: Path) -> tup
         if got:
             drawn.extend(got)
         else:
-            skipped[name] = "no data for it in these results"
+            skipped[name] = empty
 
     families = jobs.groupby("experiment")["family"].first()
     for exp, fam in families.items():
@@ -411,7 +412,8 @@ def draw_all(data: dict[str, pd.DataFrame | None], scale: str, out: Path) -> tup
         elif fam == "saleem":
             attempt(f"saleem_methods_{exp}", None, lambda e=exp: saleem_methods_figure(jobs, e, scale, out))
             attempt(f"saleem_levels_{exp}", None, lambda e=exp: saleem_levels_figure(jobs, data.get("hessian"), e, scale, out))
-            attempt(f"saleem_hessian_{exp}", "hessian", lambda e=exp: saleem_hessian_figure(jobs, data["hessian"], e, scale, out))
+            attempt(f"saleem_hessian_{exp}", "hessian", lambda e=exp: saleem_hessian_figure(jobs, data["hessian"], e, scale, out),
+                    "the Hessian analysis ran on one branch only; this figure compares IMP with the baselines")
             attempt(f"saleem_successive_{exp}", "successive",
                     lambda e=exp: saleem_successive_figure(jobs, data["successive"], e, scale, out))
     stab = jobs[jobs["family"] == "stabilized"]
