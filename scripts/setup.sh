@@ -23,7 +23,10 @@ else
   FL=$(.venv/bin/python -m pip config get global.find-links 2>/dev/null || true)
   XI=$(.venv/bin/python -m pip config get global.extra-index-url 2>/dev/null || true)
   [ -n "$FL" ] && args+=(--find-links "$FL")
-  for u in $XI; do args+=(--extra-index-url "$u" --index-strategy unsafe-best-match); done
+  for u in $XI; do args+=(--extra-index-url "$u"); done
+  # With extra indexes, uv by default takes a package only from the first index that has it; pick the best
+  # match across all of them as pip does (the option may be given once).
+  [ -n "$XI" ] && args+=(--index-strategy unsafe-best-match)
   # --compile-bytecode: with PYTHONDONTWRITEBYTECODE set (as on some CI machines) every process would
   # otherwise recompile torch's sources, ~30 s per `ticketbench` call.
   .venv/bin/uv pip install --quiet --python .venv/bin/python --compile-bytecode "${args[@]}" -r requirements.lock
