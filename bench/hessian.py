@@ -293,9 +293,11 @@ def main() -> None:
                   f"Lanczos {result['projected_10k']['lanczos_tol_1e-3'] / 60:.0f} min, "
                   f"power iteration {result['projected_10k']['power_iteration'] / 60:.0f} min", flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
-    name = "hessian_quick.json" if args.quick else "hessian.json"
-    (OUT / name).write_text(json.dumps(result, indent=1, default=str))
-    print(f"wrote {OUT / name}")
+    path = OUT / ("hessian_quick.json" if args.quick else "hessian.json")
+    # A run of one phase keeps the other phase's results of an earlier run (each phase is self-contained).
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    path.write_text(json.dumps({**previous, **result}, indent=1, default=str))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

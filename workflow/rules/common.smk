@@ -401,6 +401,13 @@ def runtime_flags(wildcards, threads):
     return f"--threads {threads} --no-progress{data_root}"
 
 
+def configfile_of(wildcards, output):
+    """The config file the CLI reads. Computed from the output, so Snakemake treats it as derived and
+    does not record it: the run's identity is config_hash, and a renamed or copied config file reruns
+    nothing by itself."""
+    return CONFIGFILE
+
+
 def run_of(wildcards, output):
     """The run directory of a job (computed from its output, so not a rerun trigger of its own)."""
     return run_dir(wildcards.experiment, wildcards.seed)

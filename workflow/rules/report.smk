@@ -18,7 +18,7 @@ rule report:
         runtime=30,
     params:
         results=lambda wildcards, output: os.path.dirname(output.md),
-        configfile=CONFIGFILE,
+        configfile=configfile_of,
     shell:
         "ticketbench report {params.results} --config {params.configfile} --claims {input.claims}"
         " > {log} 2>&1"

@@ -33,7 +33,7 @@ rule dense:
         gpu=config["gpu"],
     params:
         config_hash=config_hash,
-        configfile=CONFIGFILE,
+        configfile=configfile_of,
         run=run_of,
         runtime=runtime_flags,
     shell:
@@ -59,7 +59,7 @@ rule imp_level:
         gpu=config["gpu"],
     params:
         config_hash=config_hash,
-        configfile=CONFIGFILE,
+        configfile=configfile_of,
         run=run_of,
         runtime=runtime_flags,
     shell:
@@ -84,7 +84,7 @@ rule branch:
         gpu=config["gpu"],
     params:
         config_hash=config_hash,
-        configfile=CONFIGFILE,
+        configfile=configfile_of,
         run=run_of,
         runtime=runtime_flags,
     shell:
@@ -109,7 +109,7 @@ rule finetune:
         gpu=config["gpu"],
     params:
         config_hash=config_hash,
-        configfile=CONFIGFILE,
+        configfile=configfile_of,
         run=run_of,
         runtime=runtime_flags,
     shell:

@@ -39,11 +39,14 @@ class HessianConfig:
     seed: int = 0
     """Seeds the subset, the Lanczos start vector and the probes (separate derived streams)."""
     trace_samples: int = 16
-    """Hutchinson probes (one HVP each), deflated by the Lanczos basis; 0 = no trace."""
+    """Hutchinson probes (one HVP each), deflated by the Lanczos basis; 0 = no trace. On the ResNet-20
+    of bench/hessian.py, 8 deflated probes gave a standard error of 1 % of the trace, 8 plain ones 20 %;
+    16 keeps it near 1 % for less than the HVPs of the eigenvalues."""
     density_probes: int = 0
-    """Stochastic Lanczos quadrature runs for a spectral density (0 = none; Ghorbani et al. use 10)."""
+    """Stochastic Lanczos quadrature runs for a spectral density (0 = none; PyHessian's default is 1)."""
     density_steps: int = 64
-    """Lanczos steps per density probe (Ghorbani et al. 2019 use 90; PyHessian's default is 100)."""
+    """Lanczos steps per density probe (PyHessian's default is 100; fewer HVPs here, raise it for a
+    finer density)."""
     volume: Literal["ellipsoid", "laplace"] = "ellipsoid"
     """The basin log-volume reported as ``log_volume`` (both are always reported under their own names)."""
     prior_variance: float = 1.0

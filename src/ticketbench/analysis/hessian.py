@@ -17,10 +17,10 @@ What is computed, and why this way:
 - **HVPs** are exact (no Gauss-Newton approximation), forward-over-reverse by default (a JVP of the
   gradient, ``torch.func``), or double backward; ``bench/hessian.py`` measures both against a gradient.
 - **Top-k eigenpairs**: Lanczos with full reorthogonalization (Golub & Van Loan, Matrix Computations,
-  4th ed., Sec. 10.1-10.3), stopped when every one of the top k Ritz pairs has a relative residual
+  4th ed., Ch. 10), stopped when every one of the top k Ritz pairs has a relative residual
   ``||A x - theta x|| / |theta|`` below ``tol``; the residual is reported per eigenpair. For a symmetric
   operator a residual r puts an exact eigenvalue within r of the Ritz value (and within r^2/gap for a
-  well-separated one; Parlett, The Symmetric Eigenvalue Problem, Thm. 11.7.1), so it is a certificate,
+  well-separated one; Parlett, The Symmetric Eigenvalue Problem, 1998, Ch. 4), so it is a certificate,
   unlike the change-between-iterations test of power iteration (PyHessian's ``tol``).
 - **Trace**: Hutchinson's estimator with Rademacher probes (Hutchinson 1990; as PyHessian), deflated by
   the Lanczos basis Q when one is given: tr(A) = tr(Q^T A Q) + E[z^T (I-QQ^T) A (I-QQ^T) z], where
@@ -33,7 +33,9 @@ What is computed, and why this way:
   definition could not be retrieved (``sal-missing-volume-def``), so both standard estimates are offered
   and ``HessianConfig.volume`` names the one reported as ``log_volume``.
 
-Numbers are accumulated in float64 for the Lanczos recurrences; HVPs run in the model's dtype.
+The Lanczos coefficients and the small tridiagonal eigenproblems are float64; vectors, the basis and the
+HVPs are in the model's dtype (float32 for trained networks: HVP rounding, ~1e-7 relative, is the floor
+of the residuals).
 """
 
 from __future__ import annotations
@@ -194,8 +196,8 @@ class Lanczos:
 
 def lanczos(matvec: Matvec, start: Tensor, steps: int,
             stop: Callable[[Lanczos], bool] | None = None) -> Lanczos:
-    """Lanczos with full reorthogonalization (classical Gram-Schmidt, applied twice: "twice is
-    enough", Giraud et al. 2005), from ``start``, for at most ``steps`` matvecs or until ``stop(state)``.
+    """Lanczos with full reorthogonalization (classical Gram-Schmidt, applied twice: Kahan's "twice is
+    enough"; Giraud, Langou & Rozloznik 2005), from ``start``, for at most ``steps`` matvecs or until ``stop(state)``.
 
     Full reorthogonalization keeps the basis orthonormal, so no spurious copies ("ghosts") of converged
     eigenvalues appear and the residual formula |beta_m s_{m,i}| holds. It also ends the run when the
