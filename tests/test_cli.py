@@ -72,7 +72,8 @@ def test_corrupted_checkpoint_fails_clearly_and_is_kept(write_config, tmp_path):
 
 
 def _train_until_checkpoint(path, run_dir, sig: int) -> subprocess.CompletedProcess:
-    """Start level 0, wait for its first checkpoint to land, then send ``sig``."""
+    """Start level 0, wait for its first checkpoint to land, then send ``sig`` (the job is long enough,
+    thousands of steps, that it is still training then, even on a fast machine)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ckpt = run_dir / "imp" / "level_00" / "checkpoint.pt"
     proc = subprocess.Popen([*TICKETBENCH, "train", str(path), "--run-dir", str(run_dir), "--threads", "1",
@@ -81,7 +82,7 @@ def _train_until_checkpoint(path, run_dir, sig: int) -> subprocess.CompletedProc
     deadline = time.monotonic() + 120
     while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.3)
+    time.sleep(0.1)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
@@ -89,7 +90,7 @@ def _train_until_checkpoint(path, run_dir, sig: int) -> subprocess.CompletedProc
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_training_resumes_to_identical_weights(write_config, tmp_path, sig):
-    path = write_config(tiny_run(train={"steps": "300it", "eval_every": "50it", "milestones": ["200it"]}))
+    path = write_config(tiny_run(train={"steps": "3000it", "eval_every": "250it", "milestones": ["2000it"]}))
     assert ticketbench("train", path, "--run-dir", tmp_path / "ref").returncode == 0
     killed = _train_until_checkpoint(path, tmp_path / "run", sig)
     if sig == signal.SIGTERM:
