@@ -74,15 +74,16 @@ def test_run_identity_is_pinned():
     assert config.from_dict(tiny_run()).hash() == PINNED_HASH
 
 
-def test_experiment_of_a_workflow_config_sets_name_and_all_seeds(tmp_path):
+def test_experiment_of_a_workflow_config_sets_name_all_seeds_and_source(tmp_path):
     import yaml
 
     spec = tiny_run()
     run = {k: spec[k] for k in ("data", "model", "train", "prune", "imp")}
     path = tmp_path / "wf.yaml"
-    path.write_text(yaml.safe_dump({"experiments": {"lenet": {"family": "lth", "run": run}}}))
+    path.write_text(yaml.safe_dump({"experiments": {"lenet": {"family": "lth", "source": "F&C 2019 App. G", "run": run}}}))
     cfg = config.load_experiment(path, "lenet", 3)
     assert cfg.name == "lenet" and (cfg.seeds.init, cfg.seeds.data_order, cfg.seeds.augmentation) == (3, 3, 3)
+    assert cfg.source == "F&C 2019 App. G"
     with pytest.raises(ConfigError, match="no such experiment"):
         config.load_experiment(path, "conv2", 0)
     bad = {"experiments": {"lenet": {"run": {**run, "model": {"name": "lenet5"}}}}}

@@ -322,6 +322,8 @@ def experiment_run(spec: Any, experiment: str, seed: int, where: str = "config")
             raise ConfigError(f"{where}: experiments.{experiment}.run.{key}: set by the workflow (experiment id, seed list)")
     run["name"] = experiment
     run["seeds"] = {"init": seed, "data_order": seed, "augmentation": seed}
+    if "source" in spec and "source" not in run:  # the experiment's citation travels with its runs
+        run["source"] = str(spec["source"])
     try:
         return from_dict(run)
     except ConfigError as e:
