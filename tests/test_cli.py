@@ -42,9 +42,12 @@ def test_help_lists_the_subcommands():
     ({"imp": {"levels": 2, "rewind": "50it"}}, "imp.rewind: step 50"),
 ])
 def test_bad_config_fails_with_one_line_and_exit_2(write_config, tmp_path, override, message):
-    result = ticketbench("imp", write_config(tiny_run(**override)), "--run-dir", tmp_path / "run")
+    path = write_config(tiny_run(**override))
+    result = ticketbench("imp", path, "--run-dir", tmp_path / "run")
     assert result.returncode == 2
-    assert message in one_line_error(result)
+    error = one_line_error(result)
+    assert error.startswith(f"ticketbench: error: {path}: ") and error.count(str(path)) == 1  # names the file once
+    assert message in error
     assert not (tmp_path / "run" / "imp").exists()  # nothing was started
 
 

@@ -154,4 +154,5 @@ def test_malformed_yaml_fails_with_one_line(tmp_path):
     path.write_text("name: x\ntrain: [unclosed\n")
     result = ticketbench("imp", path, "--run-dir", tmp_path / "run")
     assert result.returncode == 2
-    assert "not valid YAML" in one_line_error(result)
+    error = one_line_error(result)
+    assert error.startswith(f"ticketbench: error: {path}: line 3 is not valid YAML") and error.count(str(path)) == 1

@@ -136,6 +136,10 @@ def open_run(config_path: Path, run_dir: Path | None, runtime: Any, experiment: 
     device = runtime.apply()
     root = run_dir or Path("results/runs") / cfg.run_name()
     ds = data.load(cfg.data, device, root=runtime.data_root, verify=runtime.verify, download=runtime.download)
+    try:  # step strings resolve only against the data's size: name the file and key like any config error
+        cfg.schedule(len(ds.train))
+    except config.ConfigError as e:
+        raise config.ConfigError(f"{config_path}: {f'experiments.{experiment}.run.' if experiment else ''}{e}") from None
     log.info("run %s (%s) on %s -> %s", cfg.run_name(), cfg.source or "no source given", device, root)
     return Run(cfg, root, ds, runtime)
 

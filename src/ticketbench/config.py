@@ -293,8 +293,9 @@ def from_dict(raw: Any) -> RunConfig:
 
 def load(path: str | Path) -> RunConfig:
     path = Path(path)
+    raw = _read_yaml(path)  # its errors name the file already
     try:
-        return from_dict(_read_yaml(path))
+        return from_dict(raw)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
 
