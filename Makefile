@@ -2,6 +2,8 @@
 .PHONY: setup quick test test-fast lint bench lock
 
 PY := .venv/bin/python
+# Snakemake's jobs call `ticketbench`, `snakemake` and `dvc` by name: put the venv first on their PATH.
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
 THREADS ?= 2
 
 setup:
