@@ -44,10 +44,12 @@ def atomic_write(path: str | Path, data: bytes | str) -> None:
         _fsync_dir(path.parent)
     except OSError as e:
         tmp.unlink(missing_ok=True)
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
         reason = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
                   errno.EACCES: "permission denied", errno.EDQUOT: "the disk quota is exceeded"}.get(e.errno, e.strerror)
-        raise WriteError(f"cannot write {path}: {reason}; free space or choose a writable results directory "
-                         f"(everything written before is intact)") from None
+        fix = "free space, or choose another results directory" if full else "choose a writable results directory"
+        raise WriteError(f"cannot write {path}: {reason}; {fix}, then rerun to resume (everything written before "
+                         f"is intact)") from None
 
 
 def _fsync_dir(folder: Path) -> None:
