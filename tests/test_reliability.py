@@ -156,3 +156,36 @@ def test_malformed_yaml_fails_with_one_line(tmp_path):
     assert result.returncode == 2
     error = one_line_error(result)
     assert error.startswith(f"ticketbench: error: {path}: line 3 is not valid YAML") and error.count(str(path)) == 1
+
+
+class _Killed(Exception):
+    """Stands for a SIGKILL at a chosen moment."""
+
+
+@pytest.mark.parametrize("kill_at", [20, 21])  # an evaluation step (eval_every 10) and the step after it
+def test_a_kill_right_after_a_checkpoint_at_an_evaluation_step_resumes_identically(tmp_path, monkeypatch, kill_at):
+    """The checkpoint written at an evaluation step already holds that step's metrics row: resuming from
+    it must not evaluate that step again (a second row, with no training loss behind it)."""
+    cfg = config.from_dict(tiny_run())
+    ds = data.load(cfg.data)
+    Run(cfg, tmp_path / "ref", ds, Runtime(device="cpu", progress=False)).dense()
+    real_save = checkpoints.save
+
+    def save_then_die(path, payload, **kw):
+        real_save(path, payload, **kw)
+        if kw.get("kind") == "checkpoint" and payload["step"] == kill_at:
+            raise _Killed
+
+    run = Run(cfg, tmp_path / "run", ds, Runtime(device="cpu", progress=False, checkpoint_seconds=0))
+    with monkeypatch.context() as mp:
+        mp.setattr(checkpoints, "save", save_then_die)
+        with pytest.raises(_Killed):
+            run.dense()
+    run.dense()
+    for name in ("metrics.csv", "final.pt"):
+        ref, got = (tmp_path / d / "imp/level_00" / name for d in ("ref", "run"))
+        if name == "final.pt":
+            a, b = (checkpoints.load(p, kind="model", config_hash=None)["model"] for p in (ref, got))
+            assert all(torch.equal(a[k], b[k]) for k in a)
+        else:
+            assert got.read_text() == ref.read_text()

@@ -152,7 +152,10 @@ def fit(model: nn.Module, data: Data, cfg: RunConfig, job: Job, runtime: Runtime
     resumed_loss = (0.0, 0)
 
     ckpt_path = job.out / "checkpoint.pt"
-    if ckpt_path.is_file():
+    # A checkpoint of step s is written after s's snapshot and evaluation: resuming from it must not
+    # repeat them (a second metrics row for s, with no training loss behind it).
+    step_started = ckpt_path.is_file()
+    if step_started:
         ck = checkpoints.load(ckpt_path, kind="checkpoint", config_hash=config_hash, map_location=device)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
@@ -176,9 +179,9 @@ def fit(model: nn.Module, data: Data, cfg: RunConfig, job: Job, runtime: Runtime
                disable=not runtime.progress, mininterval=1.0, dynamic_ncols=True)
     with term:
         while True:
-            if step in job.snapshots and job.on_snapshot is not None:
+            if step in job.snapshots and job.on_snapshot is not None and not step_started:
                 job.on_snapshot(step, model, opt)
-            if step % eval_every == 0 or step in (job.start, job.end):
+            if (step % eval_every == 0 or step in (job.start, job.end)) and not step_started:
                 if loss_n:
                     _check_finite(float(loss_sum), job.label, step, job.out)
                 rows.append(_metrics_row(model, data, step, batches.per_epoch, job.lr(step),
@@ -198,6 +201,7 @@ def fit(model: nn.Module, data: Data, cfg: RunConfig, job: Job, runtime: Runtime
                 if term.raised:
                     bar.close()
                     raise Preempted(f"{job.label}: SIGTERM at step {step}; checkpoint written to {ckpt_path}, rerun to resume")
+            step_started = False
             x, y = batches[step]
             for group in opt.param_groups:
                 group["lr"] = job.lr(step)
