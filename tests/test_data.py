@@ -63,10 +63,24 @@ def test_missing_dataset_says_where_it_looked(tmp_path):
 
 
 @pytest.mark.skipif(not data.DEBIAN_FASHION_MNIST.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
-def test_real_fashion_mnist_from_debian_passes_the_official_checksums(tmp_path):
-    (x, y), (tx, ty) = data.read_official("fashion_mnist", tmp_path, verify=True)
+def test_real_fashion_mnist_from_debian_passes_the_official_checksums(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no ./data here: the default root falls back to Debian's copy
+    monkeypatch.delenv("TICKETBENCH_DATA", raising=False)
+    (x, y), (tx, ty) = data.read_official("fashion_mnist", None, verify=True)
     assert x.shape == (60000, 1, 28, 28) and tx.shape == (10000, 1, 28, 28)
     assert torch.bincount(y).tolist() == [6000] * 10
+
+
+@pytest.mark.parametrize("given", ["argument", "environment"])
+def test_a_data_root_that_was_given_is_the_only_place_looked_at(tmp_path, monkeypatch, given):
+    """A typo in --data-root (or $TICKETBENCH_DATA) must not train on Debian's copy instead."""
+    wrong = tmp_path / "nonexistent" / "datasets"
+    monkeypatch.delenv("TICKETBENCH_DATA", raising=False)
+    if given == "environment":
+        monkeypatch.setenv("TICKETBENCH_DATA", str(wrong))
+    with pytest.raises(data.DatasetError, match="the data root given") as e:
+        data.read_official("fashion_mnist", wrong if given == "argument" else None)
+    assert str(wrong / "fashion_mnist") in str(e.value) and str(data.DEBIAN_FASHION_MNIST) not in str(e.value)
 
 
 def test_validation_split_is_seeded_and_disjoint(tmp_path):

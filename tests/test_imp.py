@@ -34,6 +34,11 @@ def test_same_seeds_give_identical_metrics_and_weights(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_every_summary_records_the_memory_layout_it_ran_in(tmp_path):
+    """Layouts round differently, so a result says which one made it (the tiny net is fully connected)."""
+    assert make_run(tmp_path).level(0)["memory_format"] == "contiguous"
+
+
 def test_changing_only_the_data_order_seed_changes_training_but_not_the_init(tmp_path):
     a = make_run(tmp_path, "a")
     b = make_run(tmp_path, "b", seeds={"init": 0, "data_order": 1, "augmentation": 0})

@@ -86,3 +86,20 @@ def test_glorot_normal_and_kaiming_normal_have_the_papers_scales():
 def test_models_produce_class_logits(name, shape):
     net = build(ModelConfig(name, width=4), shape, 10, 0).eval()
     assert net(torch.zeros(2, *shape)).shape == (2, 10)
+
+
+def test_narrow_resnets_stay_out_of_channels_last_where_onednn_crashes():
+    """ResNet-20 at width 4 has 1x1 stride-2 shortcuts from 4 channels: oneDNN 3.12's channels_last
+    backward corrupts the heap there on AVX2 CPUs (bench/layout.py), so it runs NCHW; asking for
+    channels_last is refused, naming the layer, before any kernel runs."""
+    from ticketbench.models import LayoutError, channels_last_hazards, memory_format
+
+    narrow = build(ModelConfig("resnet20", width=4), (1, 28, 28), 10, 0)
+    assert channels_last_hazards(narrow) == ["blocks.3.shortcut.0"]  # 4 -> 8 channels; 8 -> 16 is safe
+    assert memory_format(narrow) == torch.contiguous_format
+    with pytest.raises(LayoutError, match="blocks.3.shortcut.0"):
+        memory_format(narrow, "channels_last")
+    wide = build(ModelConfig("resnet20", width=16), (3, 32, 32), 10, 0)
+    assert memory_format(wide) == torch.channels_last and memory_format(wide, "contiguous") == torch.contiguous_format
+    lenet = build(ModelConfig("lenet_300_100"), (1, 28, 28), 10, 0)
+    assert memory_format(lenet, "channels_last") == torch.contiguous_format  # no 4-D weights to lay out

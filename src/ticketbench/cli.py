@@ -32,6 +32,10 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--deterministic", action="store_true", help="strict deterministic kernels (repeatable on GPU, slower)")
     g.add_argument("--checkpoint-seconds", type=float, default=300.0, help="checkpoint interval (default: 300)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from .config import MEMORY_FORMATS
+
+    g.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
+                   help="tensor layout of conv nets (default auto: channels_last except where oneDNN crashes on it)")
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -124,7 +128,8 @@ def _runtime(args: argparse.Namespace) -> Any:
 
     return Runtime(device=args.device, threads=args.threads, data_root=args.data_root, verify=not args.no_verify,
                    download=args.download, checkpoint_seconds=args.checkpoint_seconds,
-                   deterministic=args.deterministic, progress=not args.no_progress)
+                   deterministic=args.deterministic, progress=not args.no_progress,
+                   memory_format=args.memory_format)
 
 
 def open_run(config_path: Path, run_dir: Path | None, runtime: Any, experiment: str | None = None, seed: int = 0) -> Any:

@@ -31,6 +31,8 @@ import yaml
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "synthetic")
 MODELS = ("lenet_300_100", "conv2", "conv4", "conv6", "resnet20", "vgg16", "vgg19")
 LAYER_KINDS = ("conv", "shortcut", "fc", "output")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+"""Tensor layouts a run may ask for (a runtime choice, not hashed; ``models.memory_format`` decides auto)."""
 
 
 class ConfigError(ValueError):

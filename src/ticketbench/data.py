@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import logging
 import os
 import pickle
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ import numpy as np
 import torch
 
 from .config import DataConfig
+
+log = logging.getLogger("ticketbench")
 
 
 class DatasetError(RuntimeError):
@@ -59,6 +62,7 @@ IDX_MD5 = {
     "mnist": {},
 }
 SIZES = {"mnist": (60000, 10000), "fashion_mnist": (60000, 10000), "cifar10": (50000, 10000)}
+SHAPES = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32)}  # (channels, height, width)
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 TORCHVISION_FOLDERS = {"mnist": "MNIST/raw", "fashion_mnist": "FashionMNIST/raw", "cifar10": "cifar-10-batches-py"}
 
@@ -127,7 +131,7 @@ def load(cfg: DataConfig, device: torch.device | str = "cpu", root: str | Path |
     if cfg.augment:
         # Pad with the normalized value of a black pixel: torchvision pads the raw image with zeros.
         fill = torch.tensor([-m / s for m, s in zip(mean, std)], device=device).view(1, -1, 1, 1)
-        padded = fill.expand(len(train), -1, shape[1] + 8, shape[2] + 8).clone()
+        padded = fill.expand(len(train), shape[0], shape[1] + 8, shape[2] + 8).clone()  # synthetic: one fill for all channels
         padded[:, :, 4:-4, 4:-4] = train.x
         train = Split(padded, train.y)
     val = split(xtr, ytr, val_idx) if len(val_idx) else None
@@ -160,17 +164,24 @@ def default_root(root: str | Path | None = None) -> Path:
 
 def read_official(name: str, root: str | Path | None, verify: bool = True,
                   download: bool = False) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """Return ((train_x, train_y), (test_x, test_y)) as uint8 NCHW images and int64 labels."""
+    """Return ((train_x, train_y), (test_x, test_y)) as uint8 NCHW images and int64 labels.
+
+    A root that was given (``root`` or $TICKETBENCH_DATA) is the only place looked at: a typo must not
+    silently train on another copy. Only the default ./data falls back to Debian's Fashion-MNIST."""
+    explicit = bool(root or os.environ.get("TICKETBENCH_DATA"))
     root = default_root(root)
-    folder = find_folder(name, root)
+    candidates = _candidates(name, root, fallback=not explicit)
+    folder = find_folder(name, candidates)
     if folder is None and download:
         _download(name, root)
-        folder = find_folder(name, root)
+        folder = find_folder(name, candidates)
     if folder is None:
+        given = " (the data root given; nothing else is looked at)" if explicit else ""
         raise DatasetError(
-            f"{name}: files not found under {root} (looked in {', '.join(str(c) for c in _candidates(name, root))}); "
+            f"{name}: files not found under {root}{given} (looked in {', '.join(str(c) for c in candidates)}); "
             f"pass --download where there is a network, or --data-root DIR holding the official files"
         )
+    log.info("%s: reading %s%s", name, folder, "" if verify else " (MD5 check skipped: --no-verify)")
     if name == "cifar10":
         return _read_cifar(folder, verify)
     train = _read_idx_pair(name, folder, "train", verify)
@@ -185,16 +196,16 @@ def _check_sizes(name: str, folder: Path, n_train: int, n_test: int, verify: boo
                            f"{SIZES[name][0]}/{SIZES[name][1]}; the copy is incomplete (re-download it)")
 
 
-def _candidates(name: str, root: Path) -> list[Path]:
+def _candidates(name: str, root: Path, fallback: bool) -> list[Path]:
     c = [root / name, root / TORCHVISION_FOLDERS[name], root]
-    if name == "fashion_mnist":
+    if name == "fashion_mnist" and fallback:
         c.append(DEBIAN_FASHION_MNIST)
     return c
 
 
-def find_folder(name: str, root: Path) -> Path | None:
+def find_folder(name: str, candidates: list[Path]) -> Path | None:
     marker = "data_batch_1" if name == "cifar10" else IDX_FILES["train"][0]
-    for folder in _candidates(name, root):
+    for folder in candidates:
         if (folder / marker).is_file() or (folder / f"{marker}.gz").is_file():
             return folder
     return None
@@ -282,7 +293,7 @@ def _read_cifar(folder: Path, verify: bool) -> tuple[tuple[torch.Tensor, torch.T
                                f"--no-verify if it is a copy you made on purpose")
         try:
             d = pickle.loads(raw, encoding="latin1")
-            x = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            x = np.asarray(d["data"], dtype=np.uint8).reshape(-1, *SHAPES["cifar10"])
             y = np.asarray(d["labels"], dtype=np.int64)
         except Exception as e:  # a corrupt pickle raises many different types
             raise DatasetError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}); re-download it") from None

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
+from .config import MEMORY_FORMATS, ConfigError, ModelConfig
 
 
 class LeNet(nn.Module):
@@ -180,7 +180,45 @@ def layer_kinds(model: nn.Module) -> dict[str, str]:
     return kinds
 
 
-def uses_channels_last(model: nn.Module) -> bool:
-    """Convolutional nets run faster in channels_last on CPU and GPU (measured +27 % on ResNet-20 on
-    CPU; see bench/). The math is unchanged: only the memory layout differs."""
-    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+class LayoutError(ConfigError):
+    """A memory layout was asked for that this network must not run in."""
+
+
+def channels_last_hazards(model: nn.Module) -> list[str]:
+    """Convolutions that must not run in channels_last: 1x1 strided convolutions with fewer than 8 input
+    channels (the downsampling shortcuts of a ResNet-20 narrower than width 8).
+
+    oneDNN v3.12.0 (bundled with torch 2.14.1) corrupts the heap in the backward pass of exactly these on
+    AVX2 CPUs (segfault, bus error, ``double free or corruption``; AMD EPYC family 25 model 1, and any CPU
+    with ``ONEDNN_MAX_CPU_ISA=AVX2``). ``bench/layout.py`` measured the boundary in subprocesses: 2-7 input
+    channels crash, 1 and 8-24 do not, nor do stride 1, 3x3 kernels or NCHW. A crash may also corrupt
+    memory silently, so the rule is applied on every CPU, not only where the crash was seen: the layout,
+    and with it the rounding, is then the same on every machine. 1 input channel is included to keep the
+    rule a plain bound."""
+    return [name for name, m in model.named_modules()
+            if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1) and m.in_channels < 8]
+
+
+def memory_format(model: nn.Module, requested: str = "auto") -> torch.memory_format:
+    """The memory layout a network trains and is evaluated in. Layout only: the math is the same.
+
+    Convolutional nets run faster in channels_last on CPU and GPU (ResNet-20 width 16: 433 vs 538 ms a
+    step on one CPU thread, bench/layout.py), except where :func:`channels_last_hazards` forbids it (at
+    width 4 both layouts take 133 ms, so NCHW costs nothing there). Fully connected nets have no 4-D
+    weights, so their layout is always contiguous. Asking for channels_last where it is forbidden is an
+    error, never a silent switch."""
+    if requested not in MEMORY_FORMATS:
+        raise LayoutError(f"memory format {requested!r}: choose one of {', '.join(MEMORY_FORMATS)}")
+    if requested == "contiguous" or not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return torch.contiguous_format
+    hazards = channels_last_hazards(model)
+    if requested == "channels_last" and hazards:
+        raise LayoutError(f"--memory-format channels_last: {', '.join(hazards)} are 1x1 strided convolutions with "
+                          f"fewer than 8 input channels, which crash oneDNN's channels_last kernels on AVX2 CPUs; "
+                          f"use --memory-format auto (NCHW for this network)")
+    return torch.contiguous_format if hazards else torch.channels_last
+
+
+def layout_name(fmt: torch.memory_format) -> str:
+    """The name a summary records for a layout (one of ``config.MEMORY_FORMATS``)."""
+    return "channels_last" if fmt == torch.channels_last else "contiguous"

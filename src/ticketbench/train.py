@@ -33,7 +33,7 @@ from .checkpoints import atomic_write
 from .config import RunConfig, TrainConfig
 from .data import Batches, Data, Split
 from .masks import Mask, MaskedParameters, density
-from .models import uses_channels_last
+from .models import layout_name, memory_format
 
 METRIC_COLUMNS = ["step", "epoch", "lr", "train_loss", "val_loss", "val_acc", "test_loss", "test_acc"]
 
@@ -62,6 +62,9 @@ class Runtime:
     """Strict mode: torch.use_deterministic_algorithms(True) and no cuDNN autotuning. CPU runs are
     bitwise reproducible either way; on GPU, strict mode is slower but repeatable."""
     progress: bool = True
+    memory_format: str = "auto"
+    """Tensor layout of conv nets (``config.MEMORY_FORMATS``): auto = channels_last where ``models.memory_format``
+    allows it. It changes rounding, not the math; every summary records the layout it ran in."""
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":
@@ -138,10 +141,9 @@ def fit(model: nn.Module, data: Data, cfg: RunConfig, job: Job, runtime: Runtime
         return json.loads(summary_path.read_text())
     config_hash = cfg.hash()
     device = data.test.x.device
-    channels_last = uses_channels_last(model)
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    fmt = memory_format(model, runtime.memory_format)
+    channels_last = fmt == torch.channels_last
+    model.to(device, memory_format=fmt)
     model.load_state_dict(job.state)
     masked = MaskedParameters(model, job.mask)
     masked.apply_to_weights()
@@ -226,6 +228,7 @@ def fit(model: nn.Module, data: Data, cfg: RunConfig, job: Job, runtime: Runtime
         "start_step": job.start,
         "end_step": job.end,
         "density": density(job.mask),
+        "memory_format": layout_name(fmt),
         "final_train_loss": train_loss,
         "final_train_acc": train_acc,
         "final_test_loss": rows[-1]["test_loss"],

@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 from ..data import Split, stream_seed
 from ..masks import Mask, round_half_up
-from ..models import uses_channels_last
+from ..models import memory_format
 from . import HessianConfig
 
 # Stream ids for derived seeds: the data subset, the Lanczos start vector, trace and density probes.
@@ -87,7 +87,7 @@ class MaskedHessian:
         self.model = model.eval()
         self.batch_size, self.method = batch_size, method
         if channels_last is None:
-            channels_last = uses_channels_last(model)
+            channels_last = memory_format(model) == torch.channels_last
         # Layout only (the math is unchanged): convolutions and their derivatives run faster on
         # channels_last inputs on CPU; bench/hessian.py measures it. One copy of the subset, made once.
         self.split = Split(split.x.contiguous(memory_format=torch.channels_last), split.y) if channels_last else split

@@ -134,22 +134,27 @@ def _audit_run(run: Any, name: str, atol: float) -> list[Finding]:
 # --------------------------------------------------------------------------------------------------
 
 
-def evaluate_state(run: Any, state: dict, mask: dict) -> tuple[float, float]:
-    """Test loss and accuracy of a (masked) state, evaluated exactly as the training loop does."""
+def evaluate_state(run: Any, state: dict, mask: dict, layout: str) -> tuple[float, float]:
+    """Test loss and accuracy of a (masked) state, evaluated exactly as the training loop does, in the
+    memory layout the job recorded (another layout rounds differently)."""
     import torch
 
     from ..masks import MaskedParameters
-    from ..models import uses_channels_last
+    from ..models import memory_format
     from ..train import evaluate
 
     net = run.model()
-    channels_last = uses_channels_last(net)
-    net.to(run.data.test.x.device)
-    if channels_last:
-        net.to(memory_format=torch.channels_last)
+    fmt = memory_format(net, layout)
+    channels_last = fmt == torch.channels_last
+    net.to(run.data.test.x.device, memory_format=fmt)
     net.load_state_dict(state)
     MaskedParameters(net, mask).apply_to_weights()
     return evaluate(net, run.data.test, channels_last=channels_last)
+
+
+def _layout(summary: dict) -> str:
+    """The layout a job ran in; summaries written before it was recorded ran in today's ``auto`` choice."""
+    return summary.get("memory_format", "auto")
 
 
 def _close(a: float, b: float, atol: float) -> bool:
@@ -157,7 +162,7 @@ def _close(a: float, b: float, atol: float) -> bool:
 
 
 def _accuracy(run, name, job, s, final, mask, atol) -> Finding:
-    loss, acc = evaluate_state(run, final, mask)
+    loss, acc = evaluate_state(run, final, mask, _layout(s))
     bad = []
     if not _close(acc, s["final_test_acc"], atol):
         bad.append(f"test accuracy {acc!r} re-evaluated vs {s['final_test_acc']!r} recorded")
@@ -217,7 +222,7 @@ def _start(run, name, job, s, folder, mask, rewind, atol) -> Finding:
     if first.empty:
         return Finding(name, job, "start", FAIL, f"metrics.csv has no row for the start step {s['start_step']}")
     try:
-        loss, acc = evaluate_state(run, state_of(), mask)
+        loss, acc = evaluate_state(run, state_of(), mask, _layout(s))
     except CheckpointError as e:
         return Finding(name, job, "start", FAIL, str(e))
     rec_loss, rec_acc = float(first["test_loss"].iloc[0]), float(first["test_acc"].iloc[0])
