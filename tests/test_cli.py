@@ -35,6 +35,31 @@ def test_help_lists_the_subcommands():
         assert cmd in out.stdout
 
 
+def test_version_and_every_option_has_help():
+    import argparse
+
+    from ticketbench import __version__
+    from ticketbench.cli import build_parser
+
+    out = subprocess.run([*TICKETBENCH, "--version"], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0 and out.stdout.strip() == f"ticketbench {__version__}"
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    bare = [f"{name} {'/'.join(a.option_strings) or a.dest}" for name, sub in subparsers.choices.items()
+            for a in sub._actions if not a.help and not isinstance(a, argparse._HelpAction)]
+    assert not bare, f"options without help text: {', '.join(bare)}"
+
+
+def test_a_layout_that_would_crash_onednn_is_refused_in_one_line(tmp_path):
+    """--memory-format channels_last on the quick ResNet-20 (width 4) is refused before any kernel runs."""
+    r = ticketbench("imp", REPO / "config/quick.yaml", "--experiment", "saleem_resnet20", "--level", "0",
+                    "--run-dir", tmp_path / "run", "--memory-format", "channels_last")
+    if "files not found" in r.stderr:
+        pytest.skip("Fashion-MNIST (Debian's dataset-fashion-mnist) is not installed")
+    assert r.returncode == 2
+    assert "blocks.3.shortcut.0" in one_line_error(r) and not (tmp_path / "run/imp/level_00/summary.json").exists()
+
+
 @pytest.mark.parametrize("override, message", [
     ({"model": {"name": "resnet18"}}, "model.name: unknown value 'resnet18'"),
     ({"data": {"name": "imagenet"}}, "data.name: unknown value 'imagenet'"),

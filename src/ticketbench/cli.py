@@ -49,6 +49,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ticketbench", description=__doc__.split("\n\n")[0].strip(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"ticketbench {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -61,13 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("branch", help="a baseline at one IMP level: random_reinit, random_prune, oneshot, copy")
     _run_args(p)
-    p.add_argument("--kind", required=True, choices=["random_reinit", "random_prune", "oneshot", "copy"])
-    p.add_argument("--level", type=int, required=True)
-    p.add_argument("--replicate", type=int, default=0)
+    p.add_argument("--kind", required=True, choices=["random_reinit", "random_prune", "oneshot", "copy"],
+                   help="random_reinit: IMP's mask, fresh weights; random_prune: a random mask of the level's "
+                        "sparsity; oneshot: prune the dense net at once; copy: an SGD-noise copy for instability")
+    p.add_argument("--level", type=int, required=True, help="the IMP level it branches off (that level must be done)")
+    p.add_argument("--replicate", type=int, default=0, help="replicate number: its own seed stream (default: 0)")
 
     p = sub.add_parser("finetune", help="a level of the fine-tuning chain (prune, keep weights, train at the final lr)")
     _run_args(p)
-    p.add_argument("--level", type=int, required=True)
+    p.add_argument("--level", type=int, required=True, help="fine-tuning level L >= 1 (level L-1 must be done)")
 
     p = sub.add_parser("evaluate", help="evaluate stored networks (job directories with final.pt) on the test set")
     p.add_argument("jobs", type=Path, nargs="+", help="job directories, e.g. RUN/imp/level_03")
@@ -75,17 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("table", help="collect job summaries of run directories into one tidy CSV")
     p.add_argument("runs", type=Path, nargs="+", help="run directories")
-    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("-o", "--output", type=Path, required=True, help="CSV file to write (one row per job)")
 
     p = sub.add_parser("lth-figure", help="accuracy vs. weights remaining for IMP and its baselines (PNG)")
     p.add_argument("table", type=Path, help="CSV written by 'ticketbench table'")
-    p.add_argument("-o", "--output", type=Path, required=True)
-    p.add_argument("--title", default="")
+    p.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write")
+    p.add_argument("--title", default="", help="figure title (default: none)")
 
     p = sub.add_parser("hash", help="print the run directory name of a config (name-hash)")
-    p.add_argument("config", type=Path)
-    p.add_argument("--experiment")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("config", type=Path, help="run config (YAML), or a workflow config with --experiment")
+    p.add_argument("--experiment", help="experiment id in a workflow config")
+    p.add_argument("--seed", type=int, default=0, help="seed of that experiment (default: 0)")
 
     from .report.commands import register  # report, audit
 
