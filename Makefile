@@ -35,3 +35,10 @@ bench: setup
 # Re-resolve requirements.lock from pyproject.toml's exact pins (tests/test_lock.py checks they agree).
 lock:
 	.venv/bin/uv pip compile --python-version 3.11 --extra workflow --extra dev --no-header pyproject.toml -o requirements.lock
+
+# The Apptainer image file the workflow's jobs run in with --sdm apptainer (containers/README.md): the image
+# built from this checkout with podman (ENGINE=docker for docker), converted by apptainer. No ticketbench
+# image from a registry is needed. IMAGE_ARGS passes build.sh options, e.g. --host-pip-sources.
+.PHONY: image
+image:
+	containers/build.sh --sif containers/ticketbench.sif $(IMAGE_ARGS)

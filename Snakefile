@@ -33,9 +33,10 @@ RESULTS = f"results/{config['name']}"
 RUN = f"{RESULTS}/runs/{{experiment}}/seed{{seed}}"
 LOGS = f"{RESULTS}/logs/{{experiment}}/seed{{seed}}"
 EXPERIMENTS = resolve_all(config["experiments"], CONFIGFILE)
+check_data_root(config["data_root"], CONFIGFILE)
 
 
-container: config["container"]
+container: container_image(config["container"])
 
 
 include: "workflow/rules/train.smk"

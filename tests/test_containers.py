@@ -1,6 +1,8 @@
 """The project's container image holds everything the workflow needs, and Snakemake's container path works.
 
-Static checks (hadolint, the Apptainer definition, the apptainer stand-in's refusals) are fast and always run.
+Static checks (hadolint, the Apptainer definition, the apptainer stand-in's refusals, the CI workflow, `make
+image` with recording fakes of podman and apptainer) and the workflow's choice of image at parse time (dry runs
+with the stand-in, a dummy image file) are fast, need neither podman nor an image, and always run.
 The rest build the image with podman and run the project inside it: slow (minutes), marked `container`, run
 with `pytest -m container` as root on Debian 12 (they install podman and debootstrap with apt). Registries of
 container images are out of reach on these machines, so the base is a local Debian 12 image made with
@@ -34,6 +36,7 @@ CONTAINERS = REPO / "containers"
 STANDIN = REPO / "tests" / "standin"
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 TEST_IMAGE = "localhost/ticketbench:test"
+LOCAL_SIF = "containers/ticketbench.sif"  # the workflow's default image, written by `make image`
 BIN = Path(sys.executable).parent  # the venv's console scripts (hadolint, snakemake)
 
 
@@ -81,9 +84,10 @@ def test_dockerfile_is_hadolint_clean():
 
 def test_dockerfile_installs_the_lock_file_without_resolving():
     text = (CONTAINERS / "Dockerfile").read_text()
-    assert re.search(r"^ARG BASE_IMAGE=nvidia/cuda:13\.0\.\d+-base-ubuntu22\.04$", text, re.M)
+    assert re.search(r"^ARG BASE_IMAGE=docker\.io/nvidia/cuda:13\.0\.\d+-base-ubuntu22\.04$", text, re.M)
     assert "COPY requirements.lock" in text
     assert re.search(r"pip install [^\n]*--no-deps[^\n]*-r /tmp/ticketbench/requirements.lock", text)
+    assert re.search(r'^ARG TORCH_INDEX=""$', text, re.M), "the CUDA variant must be opt-in"
     assert re.search(r"^USER 1000:1000$", text, re.M)
 
 
@@ -99,15 +103,20 @@ def test_apptainer_definition_parses_and_tests_the_image():
     assert recipe.cmd == 'exec ticketbench "$@"'
 
 
-def test_workflow_and_definition_name_the_same_published_image_of_this_version():
-    schema = REPO / "workflow" / "schemas" / "config.schema.yaml"
-    if not schema.exists():
-        pytest.skip("the workflow schema is not there yet")
-    workflow_default = yaml.safe_load(schema.read_text())["properties"]["container"]["default"]
-    definition_default = re.search(r"^%arguments\n\s+IMAGE=(\S+)$", (CONTAINERS / "ticketbench.def").read_text(),
-                                   re.M).group(1)
-    assert workflow_default == f"docker://{definition_default}"
-    assert workflow_default.endswith(f":{VERSION}")
+def definition_image() -> str:
+    """The registry image containers/ticketbench.def builds from by default: what CI publishes for this version."""
+    text = (CONTAINERS / "ticketbench.def").read_text()
+    return re.search(r"^%arguments\n\s+IMAGE=(\S+)$", text, re.M).group(1)
+
+
+def test_the_default_image_is_the_file_make_image_writes_and_is_never_committed():
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    default = schema["properties"]["container"]["default"]
+    assert default == LOCAL_SIF
+    make = subprocess.run(["make", "-n", "image"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert f"containers/build.sh --sif {LOCAL_SIF}" in make
+    for name in (LOCAL_SIF, "containers/ticketbench.oci.tar", "containers/ticketbench.partial.sif"):
+        assert subprocess.run(["git", "check-ignore", "-q", name], cwd=REPO).returncode == 0, f"{name} not ignored"
 
 
 @pytest.mark.parametrize("argv", [["exec", "--fakeroot", "img", "true"], ["run", "img"], ["--debug", "exec"]])
@@ -313,17 +322,17 @@ def test_snakemake_sdm_apptainer_runs_every_job_in_the_image(image, tmp_path, re
 
 @needs_workflow
 @pytest.mark.container
-def test_use_singularity_alias_with_a_local_sif(image, tmp_path, request):
-    """The `--use-singularity` alias, with the config key pointing at a local image file as a site would
-    point at its .sif. One dense training job is enough: the path is the same for every rule."""
+def test_use_singularity_alias_with_the_default_local_image_file(image, tmp_path, request):
+    """The `--use-singularity` alias with no `container` in the config: the jobs run in the image file at
+    containers/ticketbench.sif, where `make image` puts it (here the stand-in's file naming the test image).
+    One dense training job is enough: the path is the same for every rule."""
     work = worktree_copy(tmp_path / "repo")
-    sif = tmp_path / "ticketbench.sif"
-    run([STANDIN / "apptainer", "pull", str(sif), f"docker://{image}"])
+    run([STANDIN / "apptainer", "pull", str(work / LOCAL_SIF), f"docker://{image}"])
     results = smoke_results(work).relative_to(work)
     target = f"{results}/runs/lth_lenet/seed0/imp/level_00/summary.json"
-    execs = standin_snakemake(work, "--use-singularity", "--config", f"container={sif}", "--", target,
+    execs = standin_snakemake(work, "--use-singularity", "--", target,
                               log=tmp_path / "standin.log", request=request,
-                              what="one job, --use-singularity (stand-in) with a local image file")
+                              what="one job, --use-singularity (stand-in) with the default local image file")
     assert (work / target).is_file()
     assert execs[0].startswith(f"{image}\t")
     assert not (work / ".snakemake" / "singularity").exists() or not any(
@@ -363,3 +372,188 @@ def test_sdm_apptainer_through_slurm(image, slurm_conf, tmp_path, request, monke
         log=tmp_path / "standin.log", request=request, what="two jobs, --sdm apptainer (stand-in) through SLURM")
     assert (work / target).is_file()
     assert all(line.startswith(f"{image}\t") for line in execs)
+
+
+# ---------------------------------------------------------------- the workflow's image at parse time (fast)
+# No podman and no image needed: with --sdm apptainer Snakemake only asks `apptainer --version` (the stand-in
+# answers it) before it plans the jobs, and these runs stop or plan before any job starts.
+
+def workflow_copy(tmp_path: Path) -> Path:
+    """The workflow in a scratch folder (its files linked, the configs copied), so an image file made by a
+    test sits in the scratch folder's containers/, never in the checkout's."""
+    for name in ("Snakefile", "workflow", "profiles"):
+        (tmp_path / name).symlink_to(REPO / name)
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    return tmp_path
+
+
+def snakemake_at(work: Path, *args: str, apptainer_dir: Path = STANDIN, **env: str) -> subprocess.CompletedProcess:
+    """Snakemake from the venv in `work`, with the `apptainer` of `apptainer_dir` (the stand-in) first on
+    PATH and `env` added to the environment; stdout holds both streams."""
+    env = {**os.environ, "PATH": f"{apptainer_dir}{os.pathsep}{os.environ['PATH']}", **env}
+    return subprocess.run([sys.executable, "-m", "snakemake", "--configfile", SMOKE, *args], cwd=work, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+
+
+def missing_image_message(image: str) -> str:
+    return (f"container: {image} does not exist; build it with `make image` (containers/README.md) or set "
+            f"container: to a published image (docker://{definition_image()})")
+
+
+@needs_workflow
+@pytest.mark.parametrize("flag, configured", [("--sdm=apptainer", None), ("--use-singularity", None),
+                                              ("--sdm=apptainer", "images/site.sif")],
+                         ids=["default image, --sdm apptainer", "default image, --use-singularity",
+                              "configured image file"])
+def test_a_missing_image_file_stops_a_container_run_at_parse_time_in_one_line(tmp_path, flag, configured):
+    work = workflow_copy(tmp_path)
+    config = ["--config", f"container={configured}"] if configured else []
+    proc = snakemake_at(work, "-n", flag, *config)
+    assert proc.returncode != 0
+    assert missing_image_message(configured or LOCAL_SIF) in proc.stdout.splitlines()
+    assert "Traceback" not in proc.stdout
+    assert "Job stats" not in proc.stdout and not (work / "results").exists()
+    assert definition_image().endswith(f"/ticketbench:{VERSION}"), "the message names this version's image"
+
+
+@needs_workflow
+def test_an_existing_local_image_file_is_the_default_image_of_a_container_run(tmp_path):
+    work = workflow_copy(tmp_path)
+    (work / LOCAL_SIF).parent.mkdir()
+    (work / LOCAL_SIF).write_text("a dummy image file: this dry run only needs it to exist\n")
+    proc = snakemake_at(work, "-n", "--sdm", "apptainer")
+    assert proc.returncode == 0, proc.stdout
+    assert f"Jobs run in the container {LOCAL_SIF}" in proc.stdout.splitlines()
+    assert "will be pulled" not in proc.stdout  # nothing from a registry
+    assert "Job stats:" in proc.stdout
+
+
+RECORDER = """#!/bin/sh
+# A RECORDING FAKE of apptainer for one test: answers --version, logs every other call, runs nothing.
+[ "$1" = --version ] && { echo "apptainer version 1.3.0-recorder"; exit 0; }
+printf '%s\\n' "$*" >> "$APPTAINER_RECORDER_LOG"
+exit 1
+"""
+
+
+@needs_workflow
+def test_snakemake_hands_the_local_image_file_to_apptainer_exec(tmp_path):
+    """What the dry run cannot show: the image file a job really gets. The recorder fails the job, so
+    nothing trains; one job is enough (all rules share the workflow's image)."""
+    (tmp_path / "work").mkdir()
+    work = workflow_copy(tmp_path / "work")
+    (work / LOCAL_SIF).parent.mkdir()
+    (work / LOCAL_SIF).write_text("a dummy image file\n")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "apptainer").write_text(RECORDER)
+    (fake / "apptainer").chmod(0o755)
+    log = tmp_path / "apptainer.log"
+    target = f"{smoke_results(work).relative_to(work)}/runs/lth_lenet/seed0/imp/level_00/summary.json"
+    proc = snakemake_at(work, "--cores", "1", "--sdm", "apptainer", "--", target, apptainer_dir=fake,
+                        APPTAINER_RECORDER_LOG=str(log))
+    assert proc.returncode != 0  # the recorder ran nothing
+    (call,) = log.read_text().splitlines()
+    assert call.startswith("exec ") and f" {LOCAL_SIF} bash -c " in call and "ticketbench imp" in call
+
+
+@needs_workflow
+@pytest.mark.parametrize("configured", [None, "images/site.sif"], ids=["default image", "configured image file"])
+def test_without_containers_a_missing_image_file_does_not_matter(tmp_path, configured):
+    """A laptop run (no --sdm): the jobs use the ticketbench on PATH and the image is never read."""
+    work = workflow_copy(tmp_path)
+    config = ["--config", f"container={configured}"] if configured else []
+    proc = snakemake_at(work, "-n", *config)
+    assert proc.returncode == 0, proc.stdout
+    assert "Job stats:" in proc.stdout and "Jobs run in the container" not in proc.stdout
+
+
+# ---------------------------------------------------------------- publishing and `make image` (fast, static)
+
+CI_WORKFLOW = REPO / ".github" / "workflows" / "image.yml"
+
+
+def test_ci_workflow_builds_containers_dockerfile_and_publishes_it_on_version_tags():
+    """The workflow cannot run here (no runner, no registry): its shape is what can be checked."""
+    workflow = yaml.safe_load(CI_WORKFLOW.read_text())
+    triggers = workflow.get("on", workflow.get(True))  # YAML 1.1 reads a bare `on` as true
+    assert triggers == {"push": {"tags": ["v*"]}}, "publish on version tags only"
+    assert workflow["permissions"]["packages"] == "write"
+    steps = [step for job in workflow["jobs"].values() for step in job["steps"]]
+    scripts = "\n".join(step.get("run", "") for step in steps)
+    assert 'containers/build.sh --tag "$IMAGE"' in scripts  # build.sh builds containers/Dockerfile
+    assert "-f \"$repo/containers/Dockerfile\"" in (CONTAINERS / "build.sh").read_text()
+    assert "podman push --digestfile image.digest" in scripts and "GITHUB_STEP_SUMMARY" in scripts
+    assert "pyproject.toml" in scripts and '"v$version" != "$GITHUB_REF_NAME"' in scripts
+    assert "apptainer build --build-arg \"IMAGE=$REF\"" in scripts and "containers/ticketbench.def" in scripts
+    assert "NEVER RUN" in CI_WORKFLOW.read_text().split("\nname:")[0]
+    actionlint = shutil.which("actionlint", path=str(BIN)) or shutil.which("actionlint")
+    if actionlint:
+        run([actionlint, str(CI_WORKFLOW)])
+
+
+FAKE_ENGINE = """#!/bin/sh
+# A RECORDING FAKE of podman for one test: logs each call; `save -o FILE` writes a small FILE.
+printf '%s\\n' "$*" >> "$FAKE_LOG"
+if [ "$1" = save ]; then
+    while [ $# -gt 0 ]; do [ "$1" = -o ] && echo "archive" > "$2"; shift; done
+fi
+"""
+FAKE_APPTAINER = """#!/bin/sh
+# A RECORDING FAKE of apptainer for one test: logs each call; `build ... OUT DEF` keeps DEF and writes OUT.
+printf '%s\\n' "$*" >> "$FAKE_LOG"
+[ "$1" = build ] || exit 0
+for last; do :; done
+cp "$last" "$FAKE_DIR/built.def"
+while [ $# -gt 2 ]; do shift; done
+echo "sif" > "$1"
+"""
+
+
+def fake_bin(tmp_path: Path, apptainer: bool) -> dict:
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for name, script in [("podman", FAKE_ENGINE)] + ([("apptainer", FAKE_APPTAINER)] if apptainer else []):
+        (fake / name).write_text(script)
+        (fake / name).chmod(0o755)
+    system = "/usr/local/bin:/usr/bin:/bin"
+    if not apptainer and (shutil.which("apptainer", path=system) or shutil.which("singularity", path=system)):
+        pytest.skip("a real apptainer is installed here")
+    # GIT_OPTIONAL_LOCKS=0: build.sh's `git status` must not take the checkout's index lock.
+    return {**os.environ, "PATH": f"{fake}{os.pathsep}{system}", "FAKE_LOG": str(tmp_path / "calls.log"),
+            "FAKE_DIR": str(tmp_path), "GIT_OPTIONAL_LOCKS": "0", "TMPDIR": str(tmp_path)}
+
+
+def test_build_sh_sif_converts_the_built_image_with_the_definitions_sections(tmp_path):
+    """`make image`'s path with recording fakes for podman and apptainer: build, save as an OCI archive,
+    `apptainer build` from it with the .def's sections, the archive removed, the file moved in place."""
+    env = fake_bin(tmp_path, apptainer=True)
+    sif = tmp_path / "out" / "ticketbench.sif"
+    result = subprocess.run(["bash", CONTAINERS / "build.sh", "--sif", str(sif)], env=env, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    tag = f"localhost/ticketbench:{VERSION}"
+    archive = tmp_path / "out" / "ticketbench.oci.tar"
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    assert calls[0].startswith(f"build -f {CONTAINERS}/Dockerfile -t {tag} ")
+    assert calls[1] == f"save --format oci-archive -o {archive} {tag}"
+    assert re.fullmatch(rf"build --force {tmp_path}/out/ticketbench\.partial\.sif \S+\.def", calls[2])
+    assert sif.read_text() == "sif\n" and not archive.exists() and not (tmp_path / "out/ticketbench.partial.sif").exists()
+    built = (tmp_path / "built.def").read_text()
+    assert built.startswith(f"Bootstrap: oci-archive\nFrom: {archive}\n")
+    assert "{{" not in built and "%arguments" not in built
+    definition = (CONTAINERS / "ticketbench.def").read_text()
+    assert built.split("%help", 1)[1] == definition.split("%help", 1)[1].replace("{{ IMAGE }}", tag)
+    assert [line for line in built.splitlines() if line.startswith("%")] == [
+        "%labels", "%help", "%runscript", "%test"]
+
+
+def test_build_sh_sif_without_apptainer_keeps_the_archive_and_says_what_to_run(tmp_path):
+    env = fake_bin(tmp_path, apptainer=False)
+    sif = tmp_path / "ticketbench.sif"
+    result = subprocess.run(["bash", CONTAINERS / "build.sh", "--sif", str(sif)], env=env, capture_output=True,
+                            text=True)
+    assert result.returncode == 3
+    assert result.stderr.startswith("build.sh: no apptainer on PATH")  # said before the long build
+    assert "apptainer build ticketbench.sif oci-archive://ticketbench.oci.tar" in result.stderr
+    assert (tmp_path / "ticketbench.oci.tar").exists() and not sif.exists()

@@ -211,6 +211,40 @@ def test_experiments_changed_on_the_command_line_are_refused(workdir):
     assert "experiments: differ from config/smoke.yaml" in proc.stdout
 
 
+def test_runtime_keys_of_the_config_reach_every_job(workdir):
+    """The dataset checksum opt-out, strict determinism, the device and the layout are config keys; they
+    change how every job runs (training and analyses), never its identity."""
+    def edit(cfg):
+        cfg.update(verify_data=False, deterministic=True, device="cpu", memory_format="contiguous")
+
+    edit_config(workdir / "config/smoke.yaml", edit)
+    out = snakemake(workdir, "-n", "--printshellcmds", "--configfile", "config/smoke.yaml").stdout
+    commands = re.findall(r"^Shell command: (ticketbench (?!report).*)$", out, flags=re.M)
+    assert len(commands) == sum(n for rule, n in SMOKE_JOBS.items() if rule not in ("report", "all"))
+    for cmd in commands:
+        assert all(flag in cmd for flag in ("--no-verify", "--deterministic", "--device cpu",
+                                            "--memory-format contiguous")), cmd
+
+
+def test_a_data_root_that_does_not_exist_stops_the_workflow_before_any_job(workdir):
+    edit_config(workdir / "config/quick.yaml", lambda cfg: cfg.update(data_root="/nonexistent/datasets"))
+    proc = snakemake(workdir, "-n", "--configfile", "config/quick.yaml", check=False)
+    assert proc.returncode != 0
+    assert "config/quick.yaml: data_root: /nonexistent/datasets is not a directory" in proc.stdout
+
+
+@pytest.mark.parametrize("target, message", [
+    ("results/smoke/runs/nope/seed0/imp/level_00/summary.json",
+     "config/smoke.yaml has no experiment 'nope' (known: lth_lenet, saleem, stabilized_k10)"),
+    ("results/smoke/runs/saleem/seed7/imp/level_00/summary.json",
+     "experiment saleem of config/smoke.yaml has no seed 7 (seeds: 0)"),
+])
+def test_a_target_of_an_unknown_experiment_or_seed_names_the_known_ones(workdir, target, message):
+    proc = snakemake(workdir, "-n", "--configfile", "config/smoke.yaml", "--", target, check=False)
+    assert proc.returncode != 0
+    assert f"WorkflowConfigError: {message}" in proc.stdout and "KeyError" not in proc.stdout
+
+
 # --------------------------------------------------------------------------------------------------
 # End to end (slow): the smoke workflow, a rerun, and a change of one experiment
 # --------------------------------------------------------------------------------------------------

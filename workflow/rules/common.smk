@@ -226,6 +226,16 @@ def resolve_experiment(eid, spec, where):
     )
 
 
+def check_data_root(data_root, where):
+    """A data root that was given must exist (the jobs then look only there); checked here so that a
+    typo stops the workflow before any job starts, not in every job."""
+    if data_root is not None and not os.path.isdir(data_root):
+        raise WorkflowConfigError(
+            f"{where}: data_root: {data_root} is not a directory; point it at the folder holding the "
+            f"datasets, or remove the key to use $TICKETBENCH_DATA / ./data"
+        )
+
+
 def resolve_all(experiments, where):
     try:
         return {
@@ -346,7 +356,7 @@ def analysed_summary(wildcards):
 
 def copy_pairs(wildcards):
     """All SGD-noise copies of a level: copies 2r and 2r+1 are instability pair r."""
-    n = EXPERIMENTS[wildcards.experiment].copies[int(wildcards.level)]
+    n = experiment_of(wildcards).copies[int(wildcards.level)]
     return [
         summary(wildcards.experiment, wildcards.seed, "copy", wildcards.level, r)
         for r in range(n)
@@ -370,13 +380,30 @@ def job_dirs_of(wildcards, input):
 # --------------------------------------------------------------------------------------------------
 
 
+def experiment_of(wildcards):
+    """The experiment a job's wildcards name. A target of an experiment or seed the config does not
+    have (a typo on the command line) is one message naming the known ones, not a KeyError.
+    """
+    eid, seed = wildcards.experiment, int(wildcards.seed)
+    if eid not in EXPERIMENTS:
+        raise WorkflowConfigError(
+            f"{CONFIGFILE} has no experiment {eid!r} (known: {', '.join(sorted(EXPERIMENTS))})"
+        )
+    exp = EXPERIMENTS[eid]
+    if seed not in exp.runs:
+        raise WorkflowConfigError(
+            f"experiment {eid} of {CONFIGFILE} has no seed {seed} (seeds: {', '.join(map(str, exp.runs))})"
+        )
+    return exp
+
+
 def config_hash(wildcards):
     """The run's identity: a job reruns when (and only when) its experiment's computation changes."""
-    return EXPERIMENTS[wildcards.experiment].hashes[int(wildcards.seed)]
+    return experiment_of(wildcards).hashes[int(wildcards.seed)]
 
 
 def resource(kind, name):
-    return lambda wildcards: EXPERIMENTS[wildcards.experiment].resources[kind][name]
+    return lambda wildcards: experiment_of(wildcards).resources[kind][name]
 
 
 def cli_options(analysis):
@@ -387,18 +414,30 @@ def cli_options(analysis):
         return f"--{key.replace('_', '-')} " + " ".join(str(v) for v in values)
 
     def flags(wildcards):
-        opts = EXPERIMENTS[wildcards.experiment].options[analysis]
+        opts = experiment_of(wildcards).options[analysis]
         return " ".join(flag(k, v) for k, v in sorted(opts.items()))
 
     return flags
 
 
 def runtime_flags(wildcards, threads):
-    """Flags that change how a job runs, never what it computes. Snakemake does not record params
-    computed from ``threads`` (it calls them derived), so changing them reruns nothing.
+    """Flags that change how a job runs, never what it computes (the CLI's runtime options, from the
+    config's keys of the same names). Snakemake does not record params computed from ``threads`` (it
+    calls them derived), so changing them reruns nothing.
     """
-    data_root = f" --data-root {config['data_root']}" if config["data_root"] else ""
-    return f"--threads {threads} --no-progress{data_root}"
+    flags = [
+        f"--threads {threads}",
+        "--no-progress",
+        f"--device {config['device']}",
+        f"--memory-format {config['memory_format']}",
+    ]
+    if config["data_root"]:
+        flags.append(f"--data-root {config['data_root']}")
+    if not config["verify_data"]:
+        flags.append("--no-verify")
+    if config["deterministic"]:
+        flags.append("--deterministic")
+    return " ".join(flags)
 
 
 def configfile_of(wildcards, output):
@@ -411,3 +450,31 @@ def configfile_of(wildcards, output):
 def run_of(wildcards, output):
     """The run directory of a job (computed from its output, so not a rerun trigger of its own)."""
     return run_dir(wildcards.experiment, wildcards.seed)
+
+
+# --------------------------------------------------------------------------------------------------
+# The container image of the jobs (--sdm apptainer, alias --use-singularity): containers/README.md
+# --------------------------------------------------------------------------------------------------
+
+# What .github/workflows/image.yml publishes for the tag v0.1.0; it exists only once that tag was pushed.
+PUBLISHED_IMAGE = "docker://ghcr.io/ticketbench/ticketbench:0.1.0"
+
+
+def container_image(image):
+    """The image every job runs in: the config's ``container``, by default containers/ticketbench.sif
+    (what ``make image`` builds). Checked only when jobs run in containers: there a missing image
+    file would fail every job one by one; a run without --sdm never reads it."""
+    from snakemake.logging import logger
+    from snakemake_interface_executor_plugins.settings import DeploymentMethod
+
+    methods = getattr(workflow.deployment_settings, "deployment_method", ())
+    if DeploymentMethod.APPTAINER not in methods:
+        return image
+    path = image.removeprefix("file://")
+    if "://" not in path and not os.path.exists(path):
+        raise WorkflowConfigError(
+            f"container: {image} does not exist; build it with `make image` (containers/README.md) "
+            f"or set container: to a published image ({PUBLISHED_IMAGE})"
+        )
+    logger.info(f"Jobs run in the container {image}")
+    return image
