@@ -1,5 +1,5 @@
 # Entry points a newcomer needs; everything runs inside .venv/ (made by scripts/setup.sh).
-.PHONY: setup quick test test-fast lint bench lock
+.PHONY: setup quick test test-fast lint bench lock pull
 
 PY := .venv/bin/python
 # Snakemake's jobs call `ticketbench`, `snakemake` and `dvc` by name: put the venv first on their PATH.
@@ -13,6 +13,11 @@ setup:
 quick: setup
 	.venv/bin/snakemake --configfile config/quick.yaml --cores $(THREADS)
 	@echo "quick: report in results/quick/report.md, figures in results/quick/figures/"
+
+# Restore the trained runs from the DVC remote (docs/results.md); without one, say what to do instead.
+pull: setup
+	@.venv/bin/dvc remote default >/dev/null 2>&1 || { echo "pull: no DVC remote is configured; add one (docs/results.md, 'The DVC remote') or retrain: make quick, then ticketbench compare results/quick HEAD:results/quick"; exit 1; }
+	@.venv/bin/dvc pull || { echo "pull: the remote is unreachable or lacks some runs (see above); retrain instead: make quick, then ticketbench compare results/quick HEAD:results/quick"; exit 1; }
 
 # The test suite CI runs (unit, workflow, SLURM and container tests; the last two install what they need
 # when run as root and skip with a reason otherwise).

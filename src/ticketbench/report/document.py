@@ -1,13 +1,16 @@
 """The reviewer-facing report of one workflow config's results: ``results/N/``.
 
-``ticketbench report results/N --config config/N.yaml`` runs two parts, which DVC runs as two stages:
+``ticketbench report results/N --config config/N.yaml`` runs three parts, which DVC runs as stages
+(``tables`` in results/dvc.yaml, with the training; ``figures`` and ``document`` in dvc.yaml):
 
-- ``figures``: ``tables/*.csv`` (tidy, from the runs) and ``figures/*.png`` (from the tables);
+- ``tables``: ``tables/*.csv``, tidy, from the stored runs;
+- ``figures``: ``figures/*.png`` and their index ``tables/figures.csv``, from the tables;
 - ``document``: ``report.md``, ``report.html`` (figures inline, viewable offline) and ``metrics.json``
-  (headline numbers per experiment for ``dvc metrics diff``), from the tables, the figures, the run
-  configs and ``config/claims.yaml``.
+  (headline numbers per experiment for ``dvc metrics diff``), from the tables, the figures,
+  ``config/claims.yaml`` and the workflow config, whose run configs must have the tables' config hashes.
 
-Everything written is a pure function of the stored runs, so a rerun gives identical bytes.
+The tables are committed to git, so the last two parts run on a clone without the runs. Everything
+written is a pure function of the stored runs, so a rerun gives identical bytes.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ def scale_of(results: Path, workflow_config: Path | None) -> str:
 
 
 def write_tables(results: Path, workflow_config: Path | None) -> dict[str, pd.DataFrame | None]:
-    """tables/jobs.csv and one CSV per analysis that was run (stale ones are removed)."""
+    """tables/jobs.csv and one CSV per analysis. An analysis that no run has is a table without rows
+    (its columns only), so that every table exists and DVC can depend on each (dvc.yaml)."""
     if not tables.run_dirs(results):
         raise tables.ResultsError(f"{results}: no run directories (runs/<experiment>/seed<S>/config.yaml); "
                                   f"run the workflow first, or `dvc pull` its results")
@@ -50,22 +54,22 @@ def write_tables(results: Path, workflow_config: Path | None) -> dict[str, pd.Da
     for kind in ANALYSES:
         data[kind] = tables.analysis(results, kind, families)
     for name, df in data.items():
-        path = out / f"{name}.csv"
-        if df is None:
-            path.unlink(missing_ok=True)
-        else:
-            tables.write_csv(df, path)
+        if df is None:  # an analysis that no run has
+            df = pd.DataFrame(columns=tables.RUN_COLUMNS + tables.ANALYSES[name])
+        tables.write_csv(df, out / f"{name}.csv")
     return data
 
 
 def read_tables(results: Path) -> dict[str, pd.DataFrame | None]:
+    """The tables of :func:`write_tables`; an analysis is None if it was not run (no rows, or no file)."""
     folder = Path(results) / "tables"
     if not (folder / "jobs.csv").is_file():
-        raise tables.ResultsError(f"{folder}/jobs.csv: missing; run 'ticketbench report {results} --part figures' first")
+        raise tables.ResultsError(f"{folder}/jobs.csv: missing; run 'ticketbench report {results} --part tables' first")
     out: dict[str, pd.DataFrame | None] = {}
     for name in ("jobs", *ANALYSES):
         path = folder / f"{name}.csv"
-        out[name] = pd.read_csv(path) if path.is_file() else None
+        df = pd.read_csv(path) if path.is_file() else None
+        out[name] = None if df is None or (name != "jobs" and df.empty) else df
     return out
 
 
@@ -101,13 +105,43 @@ def run_configs(results: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def write_document(results: Path, claims_path: Path, scale: str) -> list[claims_mod.Result]:
+def configs_from_workflow(text: str, where: str, jobs: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """What :func:`run_configs` reads from the runs, rebuilt from the workflow config's text as the
+    workflow builds it, for every experiment and seed of the jobs table; accepted only if each run
+    config's hash is the table's ``config_hash``, otherwise the config has changed since the tables were
+    made and would misstate their protocol (:class:`tables.ResultsError`)."""
+    from ..config import ConfigError, experiment_run
+
+    experiments = (yaml.safe_load(text) or {}).get("experiments") or {}
+    out: dict[str, dict[str, Any]] = {}
+    for (exp, seed), g in jobs.groupby(["experiment", "seed"], sort=True):
+        if exp not in experiments:
+            raise tables.ResultsError(f"{where} has no experiment {exp}; pass the workflow config these results were made with")
+        try:
+            cfg = experiment_run(experiments[exp], exp, int(seed), where)
+        except ConfigError as e:
+            raise tables.ResultsError(str(e)) from None
+        recorded = set(g["config_hash"].dropna().astype(str))
+        if recorded and recorded != {cfg.hash()}:
+            raise tables.ResultsError(
+                f"{where} no longer describes {exp} seed {seed} (run config hash {cfg.hash()}, the tables' "
+                f"{', '.join(sorted(recorded))}); pass the workflow config these results were made with")
+        out.setdefault(exp, {**cfg.to_dict(), "hash": cfg.hash()})
+    return out
+
+
+def write_document(results: Path, claims_path: Path, scale: str,
+                   workflow_config: Path | None = None) -> list[claims_mod.Result]:
+    """The report from the tables; the run configs (the protocol of each experiment) come from the
+    workflow config if given, so that the runs are not needed, else from the runs."""
     from ..checkpoints import atomic_write
 
     results = Path(results)
     data = read_tables(results)
     jobs = data["jobs"]
-    found = claims_mod.evaluate(claims_mod.load(claims_path), jobs, run_configs(results), data)
+    configs = (configs_from_workflow(Path(workflow_config).read_text(), str(workflow_config), jobs)
+               if workflow_config is not None else run_configs(results))
+    found = claims_mod.evaluate(claims_mod.load(claims_path), jobs, configs, data)
     figs_dir = results / "figures"
     index = pd.read_csv(results / "tables" / "figures.csv") if (results / "tables" / "figures.csv").is_file() else \
         pd.DataFrame(columns=["figure", "drawn", "caption"])
@@ -311,10 +345,11 @@ def _html(blocks: list[tuple[str, Any]], figs: Path, scale: str) -> str:
 
 def build(results: Path, workflow_config: Path | None, claims_path: Path, part: str = "all") -> list[claims_mod.Result]:
     scale = scale_of(results, workflow_config)
-    if part in ("all", "figures"):
+    if part in ("all", "tables"):
         write_tables(results, workflow_config)
+    if part in ("all", "figures"):
         write_figures(results, read_tables(results), scale)  # from the CSVs, exactly as reviewers see them
     if part in ("all", "document"):
-        return write_document(results, claims_path, scale)
+        return write_document(results, claims_path, scale, workflow_config)
     return []
 
