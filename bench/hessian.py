@@ -58,7 +58,8 @@ import torch.nn.functional as F
 from ticketbench import config, data, imp
 from ticketbench.analysis.hessian import MaskedHessian, hutchinson_trace, lanczos, training_subset
 from ticketbench.data import Split
-from ticketbench.train import Runtime, evaluate
+from ticketbench.runtime import Runtime
+from ticketbench.train import evaluate
 
 OUT = Path(__file__).parent / "out"
 METHODS = ("forward_over_reverse", "double_backward")

@@ -57,6 +57,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from ticketbench import config, data, masks, models, train
+from ticketbench.runtime import Runtime
 
 OUT = Path(__file__).parent / "out" / "throughput.json"
 
@@ -192,7 +193,7 @@ threads, adds up their (spinning) time, so it is only comparable at 1 thread and
 
 
 def _fit(s: Setup, steps: int) -> tuple[dict, Seconds]:
-    runtime = train.Runtime(device="cpu", progress=False, checkpoint_seconds=math.inf)
+    runtime = Runtime(device="cpu", progress=False, checkpoint_seconds=math.inf)
     with tempfile.TemporaryDirectory() as tmp, mock.patch.object(train, "evaluate", _no_evaluation):
         job = train.Job(out=Path(tmp), state=s.state, mask=s.mask, start=0, end=steps, lr=lambda step: s.cfg.train.lr,
                         data_order_seed=0, augmentation_seed=0, label="bench")

@@ -33,7 +33,7 @@ def saleem_run(tree, tmp_path) -> Path:
 
 
 def findings_of(path: Path) -> list[audit.Finding]:
-    from ticketbench.train import Runtime
+    from ticketbench.runtime import Runtime
 
     return audit.audit(path, Runtime(threads=1, progress=False))
 

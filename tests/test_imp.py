@@ -9,7 +9,7 @@ import torch
 
 from ticketbench import checkpoints, config, data
 from ticketbench.imp import Run
-from ticketbench.train import Runtime
+from ticketbench.runtime import Runtime
 
 from conftest import tiny_run
 

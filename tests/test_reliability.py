@@ -16,7 +16,8 @@ import torch
 from ticketbench import checkpoints, config, data
 from ticketbench.checkpoints import CheckpointError, JobLock, WriteError, atomic_write
 from ticketbench.imp import Run
-from ticketbench.train import Runtime, TrainingDiverged
+from ticketbench.runtime import Runtime
+from ticketbench.train import TrainingDiverged
 
 from conftest import REPO, TICKETBENCH, tiny_run
 from test_cli import one_line_error, ticketbench

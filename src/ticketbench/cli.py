@@ -17,25 +17,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import runtime
+
 log = logging.getLogger("ticketbench")
 
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_PREEMPTED = 2, 1, 143
-
-
-def _runtime_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("runtime (does not change results)")
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    g.add_argument("--data-root", help="directory with the dataset files (default: $TICKETBENCH_DATA or ./data)")
-    g.add_argument("--no-verify", action="store_true", help="skip the MD5 check of user-supplied dataset copies")
-    g.add_argument("--download", action="store_true", help="download missing MNIST/CIFAR-10 files (needs a network)")
-    g.add_argument("--deterministic", action="store_true", help="strict deterministic kernels (repeatable on GPU, slower)")
-    g.add_argument("--checkpoint-seconds", type=float, default=300.0, help="checkpoint interval (default: 300)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
-    from .config import MEMORY_FORMATS
-
-    g.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
-                   help="tensor layout of conv nets (default auto: channels_last except where oneDNN crashes on it)")
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -43,7 +29,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", help="experiment id in a workflow config (config/*.yaml)")
     p.add_argument("--seed", type=int, default=0, help="seed of that experiment (default: 0)")
     p.add_argument("--run-dir", type=Path, help="run directory (default: results/runs/<name>-<config hash>)")
-    _runtime_args(p)
+    runtime.add_arguments(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="evaluate stored networks (job directories with final.pt) on the test set")
     p.add_argument("jobs", type=Path, nargs="+", help="job directories, e.g. RUN/imp/level_03")
-    _runtime_args(p)
+    runtime.add_arguments(p)
 
     p = sub.add_parser("table", help="collect job summaries of run directories into one tidy CSV")
     p.add_argument("runs", type=Path, nargs="+", help="run directories")
@@ -128,30 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _runtime(args: argparse.Namespace) -> Any:
-    from .train import Runtime
-
-    return Runtime(device=args.device, threads=args.threads, data_root=args.data_root, verify=not args.no_verify,
-                   download=args.download, checkpoint_seconds=args.checkpoint_seconds,
-                   deterministic=args.deterministic, progress=not args.no_progress,
-                   memory_format=args.memory_format)
-
-
-def open_run(config_path: Path, run_dir: Path | None, runtime: Any, experiment: str | None = None, seed: int = 0) -> Any:
-    """Load the config, the data (on the run's device) and bind them to a run directory."""
-    from . import config, data
+def _open(args: argparse.Namespace) -> Any:
+    """The run of a training subcommand: its config, run directory and runtime flags."""
     from .imp import Run
 
-    cfg = config.load_experiment(config_path, experiment, seed) if experiment else config.load(config_path)
-    device = runtime.apply()
-    root = run_dir or Path("results/runs") / cfg.run_name()
-    ds = data.load(cfg.data, device, root=runtime.data_root, verify=runtime.verify, download=runtime.download)
-    try:  # step strings resolve only against the data's size: name the file and key like any config error
-        cfg.schedule(len(ds.train))
-    except config.ConfigError as e:
-        raise config.ConfigError(f"{config_path}: {f'experiments.{experiment}.run.' if experiment else ''}{e}") from None
-    log.info("run %s (%s) on %s -> %s", cfg.run_name(), cfg.source or "no source given", device, root)
-    return Run(cfg, root, ds, runtime)
+    return Run.open(args.config, args.run_dir, runtime.from_args(args), args.experiment, args.seed)
 
 
 def _report(summary: dict[str, Any], folder: Path) -> None:
@@ -159,12 +126,12 @@ def _report(summary: dict[str, Any], folder: Path) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    run = open_run(args.config, args.run_dir, _runtime(args), args.experiment, args.seed)
+    run = _open(args)
     _report(run.dense(), run.level_dir(0))
 
 
 def cmd_imp(args: argparse.Namespace) -> None:
-    run = open_run(args.config, args.run_dir, _runtime(args), args.experiment, args.seed)
+    run = _open(args)
     levels = [args.level] if args.level is not None else range(run.cfg.imp.levels + 1)
     for lv in levels:
         if lv > run.cfg.imp.levels or lv < 0:
@@ -175,23 +142,23 @@ def cmd_imp(args: argparse.Namespace) -> None:
 
 
 def cmd_branch(args: argparse.Namespace) -> None:
-    run = open_run(args.config, args.run_dir, _runtime(args), args.experiment, args.seed)
+    run = _open(args)
     _report(run.branch(args.kind, args.level, args.replicate), run.level_dir(args.level, args.kind, args.replicate))
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    run = open_run(args.config, args.run_dir, _runtime(args), args.experiment, args.seed)
+    run = _open(args)
     _report(run.finetune(args.level), run.level_dir(args.level, "finetune"))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .imp import run_root_of
+    from .imp import Run, run_root_of
     from .train import evaluate
 
-    runtime = _runtime(args)
+    rt = runtime.from_args(args)
     for job in args.jobs:
         root = run_root_of(job)
-        run = open_run(root / "config.yaml", root, runtime)
+        run = Run.open(root / "config.yaml", root, rt)
         net = run.network(job)
         loss, acc = evaluate(net, run.data.test)
         print(json.dumps({"job": str(job), "test_loss": loss, "test_acc": acc}))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,15 @@ from typing import Any
 import torch
 import yaml
 
-from . import checkpoints, models
+from . import checkpoints, config, data, models
 from .checkpoints import CheckpointError, JobLock, atomic_write
 from .config import ConfigError, RunConfig, Schedule, dump
 from .data import Data, stream_seed
 from .masks import Mask, dense_mask, layer_table, magnitude_prune, random_prune
-from .train import Job, Runtime, fit
+from .runtime import Runtime
+from .train import Job, fit
+
+log = logging.getLogger("ticketbench")
 
 BRANCHES = ("random_reinit", "random_prune", "oneshot", "copy")
 # Stream ids for derived seeds (reinit weights, random masks, SGD-noise copies).
@@ -53,6 +57,21 @@ class Run:
         self.hash = self.cfg.hash()
         self.kinds: dict[str, str] = models.layer_kinds(self.model())
         self._claim()
+
+    @classmethod
+    def open(cls, config_path: Path, run_dir: Path | None, runtime: Runtime, experiment: str | None = None,
+             seed: int = 0) -> Run:
+        """Load the config, the data (on the run's device) and bind them to a run directory."""
+        cfg = config.load_experiment(config_path, experiment, seed) if experiment else config.load(config_path)
+        device = runtime.apply()
+        root = run_dir or Path("results/runs") / cfg.run_name()
+        ds = data.load(cfg.data, device, root=runtime.data_root, verify=runtime.verify, download=runtime.download)
+        try:  # step strings resolve only against the data's size: name the file and key like any config error
+            cfg.schedule(len(ds.train))
+        except ConfigError as e:
+            raise ConfigError(f"{config_path}: {f'experiments.{experiment}.run.' if experiment else ''}{e}") from None
+        log.info("run %s (%s) on %s -> %s", cfg.run_name(), cfg.source or "no source given", device, root)
+        return cls(cfg, root, ds, runtime)
 
     # -- paths -------------------------------------------------------------------------------------
     def level_dir(self, level: int, branch: str = "imp", replicate: int | None = None) -> Path:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from .config import RunConfig, TrainConfig
 from .data import Batches, Data, Split
 from .masks import Mask, MaskedParameters, density
 from .models import layout_name, memory_format
+from .runtime import Runtime
 
 METRIC_COLUMNS = ["step", "epoch", "lr", "train_loss", "val_loss", "val_acc", "test_loss", "test_acc"]
 
@@ -44,44 +44,6 @@ class TrainingDiverged(RuntimeError):
 
 class Preempted(RuntimeError):
     """SIGTERM arrived; a checkpoint was written and the job should exit for requeueing."""
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """How to run, not what to compute: none of this changes a result, so none of it is hashed."""
-
-    device: str = "auto"
-    threads: int = 0
-    """CPU threads for torch (0 = leave torch's default). Pin it on shared machines."""
-    data_root: str | None = None
-    verify: bool = True
-    download: bool = False
-    checkpoint_seconds: float = 300.0
-    """Write a resumable checkpoint at most this often (wall clock), plus on SIGTERM."""
-    deterministic: bool = False
-    """Strict mode: torch.use_deterministic_algorithms(True) and no cuDNN autotuning. CPU runs are
-    bitwise reproducible either way; on GPU, strict mode is slower but repeatable."""
-    progress: bool = True
-    memory_format: str = "auto"
-    """Tensor layout of conv nets (``config.MEMORY_FORMATS``): auto = channels_last where ``models.memory_format``
-    allows it. It changes rounding, not the math; every summary records the layout it ran in."""
-
-    def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
-
-    def apply(self) -> torch.device:
-        if self.threads:
-            torch.set_num_threads(self.threads)
-        if self.deterministic:
-            # cuBLAS needs a fixed workspace to be deterministic (PyTorch "Reproducibility" notes).
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=False)
-            torch.backends.cudnn.benchmark = False
-        else:
-            torch.backends.cudnn.benchmark = True
-        return self.torch_device()
 
 
 @dataclass

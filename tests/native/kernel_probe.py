@@ -22,7 +22,7 @@ import torch
 from ticketbench import config, data, models
 from ticketbench.analysis.hessian import MaskedHessian
 from ticketbench.imp import Run
-from ticketbench.train import Runtime
+from ticketbench.runtime import Runtime
 
 
 def shrunk(cfg: config.RunConfig) -> config.RunConfig:

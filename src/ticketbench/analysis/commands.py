@@ -29,7 +29,7 @@ Handler = Callable[[argparse.Namespace], Any]
 
 
 def register(subparsers: argparse._SubParsersAction) -> dict[str, Handler]:
-    from ..cli import _runtime_args
+    from .. import runtime
     from . import HessianConfig
 
     d = HessianConfig()
@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, Handler]:
     g.add_argument("--prior-variance", type=float, default=d.prior_variance, help=f"Laplace prior sigma^2 (default: {d.prior_variance})")
     g.add_argument("--hvp", choices=["forward_over_reverse", "double_backward"], default="forward_over_reverse",
                    help="how HVPs are computed; same result, different speed (default: forward_over_reverse)")
-    _runtime_args(p)
+    runtime.add_arguments(p)
 
     p = subparsers.add_parser("interpolate", help="loss and error along the line between two trained networks of one run")
     p.add_argument("job_a", type=Path, help="endpoint at alpha = 0, e.g. RUN/imp/level_03")
@@ -60,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, Handler]:
     p.add_argument("--mask", nargs="+", choices=["none", "common"], default=["none"],
                    help="none: weights as stored; common: both endpoints restricted to the masks' intersection (for "
                         "successive IMP levels: the sparser mask). Several = one path each (default: none)")
-    _runtime_args(p)
+    runtime.add_arguments(p)
 
     p = subparsers.add_parser("instability", help="LMC instability: interpolate pairs of SGD-noise copies (branch copy)")
     p.add_argument("run_dir", type=Path, help="run directory")
@@ -68,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, Handler]:
     p.add_argument("--pairs", type=int, required=True, help="pairs r = 0..P-1, made of copies 2r and 2r+1")
     p.add_argument("--branch", default="copy", help="branch holding the copies (default: copy)")
     _path_args(p)
-    _runtime_args(p)
+    runtime.add_arguments(p)
     return {"hessian": cmd_hessian, "interpolate": cmd_interpolate, "instability": cmd_instability}
 
 
@@ -97,11 +97,11 @@ def _sibling(output: Path, suffix: str) -> Path:
 
 
 def _open(job: Path, args: argparse.Namespace) -> Any:
-    from ..cli import _runtime, open_run
-    from ..imp import run_root_of
+    from .. import runtime
+    from ..imp import Run, run_root_of
 
     root = run_root_of(job)
-    return open_run(root / "config.yaml", root, _runtime(args))
+    return Run.open(root / "config.yaml", root, runtime.from_args(args))
 
 
 def _meta(run: Any, job: Path) -> dict[str, Any]:

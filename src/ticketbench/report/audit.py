@@ -56,8 +56,8 @@ def run_dirs(path: Path) -> list[Path]:
 
 def audit(path: Path, runtime: Any, atol: float = 0.0) -> list[Finding]:
     from ..checkpoints import CheckpointError
-    from ..cli import open_run
     from ..config import ConfigError
+    from ..imp import Run
 
     findings: list[Finding] = []
     runs = run_dirs(path)
@@ -66,7 +66,7 @@ def audit(path: Path, runtime: Any, atol: float = 0.0) -> list[Finding]:
     for root in runs:
         name = _name(root, path)
         try:
-            run = open_run(root / "config.yaml", root, runtime)
+            run = Run.open(root / "config.yaml", root, runtime)
         except (ConfigError, CheckpointError) as e:
             findings.append(Finding(name, "", "run", FAIL, str(e)))
             continue

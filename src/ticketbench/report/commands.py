@@ -16,7 +16,7 @@ log = logging.getLogger("ticketbench")
 
 
 def register(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int | None]]:
-    from ..cli import _runtime_args
+    from .. import runtime
 
     p = subparsers.add_parser("report", help="tables, figures, report.md/html and metrics.json of a results directory",
                               description="Write results/N/{tables,figures}/, report.md, report.html and metrics.json "
@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[argp
     p.add_argument("results", type=Path, help="results directory (results/N) or one run directory")
     p.add_argument("--atol", type=float, default=0.0, help="absolute tolerance on test accuracy (fraction) and loss (default: 0)")
     p.add_argument("-o", "--output", type=Path, help="also write every finding as a tidy CSV")
-    _runtime_args(p)
+    runtime.add_arguments(p)
 
     p = subparsers.add_parser("compare", help="whether two reproductions (directories or git revisions) agree within noise",
                               description="Compare the mean test accuracy of every experiment, branch and level, and "
@@ -86,10 +86,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from ..cli import _runtime
+    from .. import runtime
     from . import audit
 
-    findings = audit.audit(args.results, _runtime(args), atol=args.atol)
+    findings = audit.audit(args.results, runtime.from_args(args), atol=args.atol)
     wide = audit.table(findings)
     print(wide.to_string(index=False))
     bad = audit.failures(findings)

@@ -1,0 +1,85 @@
+"""How to run, not what to compute: the device, threads, data location, checkpoint interval and layout
+of a job, and the CLI flags that set them.
+
+This module sits below both the training code and the CLI, so that every subcommand (training,
+analyses, audit) takes the same runtime flags without importing the CLI. It must not import torch at
+module import time: the CLI builds its parser from here, and ``ticketbench --help`` has to answer at
+once. torch is imported inside the methods that need it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How to run, not what to compute: none of this changes a result, so none of it is hashed."""
+
+    device: str = "auto"
+    threads: int = 0
+    """CPU threads for torch (0 = leave torch's default). Pin it on shared machines."""
+    data_root: str | None = None
+    verify: bool = True
+    download: bool = False
+    checkpoint_seconds: float = 300.0
+    """Write a resumable checkpoint at most this often (wall clock), plus on SIGTERM."""
+    deterministic: bool = False
+    """Strict mode: torch.use_deterministic_algorithms(True) and no cuDNN autotuning. CPU runs are
+    bitwise reproducible either way; on GPU, strict mode is slower but repeatable."""
+    progress: bool = True
+    memory_format: str = "auto"
+    """Tensor layout of conv nets (``config.MEMORY_FORMATS``): auto = channels_last where ``models.memory_format``
+    allows it. It changes rounding, not the math; every summary records the layout it ran in."""
+
+    def torch_device(self) -> torch.device:
+        import torch
+
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def apply(self) -> torch.device:
+        import torch
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        if self.deterministic:
+            # cuBLAS needs a fixed workspace to be deterministic (PyTorch "Reproducibility" notes).
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=False)
+            torch.backends.cudnn.benchmark = False
+        else:
+            torch.backends.cudnn.benchmark = True
+        return self.torch_device()
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The runtime flags of every subcommand that opens a run; ``from_args`` reads them back."""
+    g = p.add_argument_group("runtime (does not change results)")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--data-root", help="directory with the dataset files (default: $TICKETBENCH_DATA or ./data)")
+    g.add_argument("--no-verify", action="store_true", help="skip the MD5 check of user-supplied dataset copies")
+    g.add_argument("--download", action="store_true", help="download missing MNIST/CIFAR-10 files (needs a network)")
+    g.add_argument("--deterministic", action="store_true", help="strict deterministic kernels (repeatable on GPU, slower)")
+    g.add_argument("--checkpoint-seconds", type=float, default=300.0, help="checkpoint interval (default: 300)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from .config import MEMORY_FORMATS
+
+    g.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
+                   help="tensor layout of conv nets (default auto: channels_last except where oneDNN crashes on it)")
+
+
+def from_args(args: argparse.Namespace) -> Runtime:
+    """The Runtime of parsed ``add_arguments`` flags."""
+    return Runtime(device=args.device, threads=args.threads, data_root=args.data_root, verify=not args.no_verify,
+                   download=args.download, checkpoint_seconds=args.checkpoint_seconds,
+                   deterministic=args.deterministic, progress=not args.no_progress,
+                   memory_format=args.memory_format)
