@@ -125,9 +125,19 @@ def test_a_row_agrees_up_to_and_including_z_standard_errors():
 
 def test_the_test_set_size_is_the_subset_evaluated_else_the_official_test_split():
     fmnist = {"name": "fashion_mnist", "test_subset": 0}
-    assert compare.n_test_examples({"data": {**fmnist, "test_subset": 2000}}) == 2000
-    assert compare.n_test_examples({"data": fmnist}) == 10000
-    assert compare.n_test_examples({"data": {"name": "synthetic", "synthetic_test": 128, "test_subset": 0}}) == 128
+    assert tables.test_set_size({"data": {**fmnist, "test_subset": 2000}}) == 2000
+    assert tables.test_set_size({"data": fmnist}) == 10000
+    assert tables.test_set_size({"data": {"name": "synthetic", "synthetic_test": 128, "test_subset": 0}}) == 128
+
+
+def test_an_inconclusive_verdict_is_compatible_with_either_decision_and_opposite_decisions_differ():
+    from ticketbench.report import claims
+
+    assert compare.claim_status(claims.REPRODUCED, claims.REPRODUCED) == compare.AGREE
+    assert compare.claim_status(claims.REPRODUCED, claims.INCONCLUSIVE) == compare.COMPATIBLE
+    assert compare.claim_status(claims.INCONCLUSIVE, claims.NOT_REPRODUCED) == compare.COMPATIBLE
+    assert compare.claim_status(claims.REPRODUCED, claims.NOT_REPRODUCED) == compare.DIFFER
+    assert compare.claim_status(claims.NOT_RUN, claims.REPRODUCED) == compare.DIFFER
 
 
 def test_a_row_compares_the_means_with_the_standard_error_computed_by_hand():
@@ -166,7 +176,7 @@ def test_a_results_directory_compared_with_itself_agrees_on_every_row_and_every_
     assert claim_rows["verdict_a"].eq("reproduced").any()  # the qualitative claims were decided, not just skipped
     z = compare.bonferroni_z(0.05, len(rows))
     assert summary_line(out) == (f"compare: {len(rows)} rows, {len(rows)} within noise, 0 beyond (z = {z:.2f}, Bonferroni "
-                                 f"over {len(rows)} rows at alpha 0.05); claims: {len(claim_rows)} agree, 0 differ")
+                                 f"over {len(rows)} rows at alpha 0.05); claims: {len(claim_rows)} agree, 0 compatible, 0 differ")
     assert "sqrt(p(1-p)/N)" in out and f"{N:,} examples" in out  # the rule and the test-set size are stated
 
 

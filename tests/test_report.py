@@ -188,6 +188,28 @@ def test_difference_at_the_sparsest_level_follows_the_data():
     assert res.verdict == claims.NOT_RUN and "every compared branch" in res.detail
 
 
+def test_the_noise_of_a_verdict_is_the_larger_of_seed_spread_and_binomial_error():
+    # one difference of two accuracies near 85 % on 2,000 images: 100 sqrt(2 * .85 * .15 / 2000) = 1.129 pp
+    assert claims.noise([3.0], 0.85, 2000, difference=True) == pytest.approx(1.1292, abs=1e-4)
+    # two seeds: the binomial error of their mean shrinks by sqrt(2); a wide spread wins over it
+    assert claims.noise([3.0, 3.2], 0.85, 2000, difference=True) == pytest.approx(1.1292 / 2 ** 0.5, abs=1e-4)
+    assert claims.noise([1.0, 9.0], 0.85, 2000, difference=True) == pytest.approx(4.0)  # std 5.657 / sqrt 2
+    assert claims.noise([85.0], 0.85, 2000, difference=False) == pytest.approx(0.7984, abs=1e-4)
+
+
+def test_an_effect_within_the_noise_is_inconclusive_and_one_clear_of_it_is_decided():
+    """The quick run's "+0.50 pp, one seed, 2,000 test images" is ten images: inconclusive, not reproduced."""
+    chk = check("difference", {"op": ">", "value": 0}, at="sparsest", a={"branch": "imp"}, b={"branch": "random_reinit"})
+    sized = lambda jobs, n: {e: {"name": e, "data": {"name": "fashion_mnist", "test_subset": n}}  # noqa: E731
+                             for e in jobs["experiment"].unique()}
+    close = frame(lth_rows([0.90, 0.91, 0.865], [0.90, 0.86]))  # level 2: +0.5 pp on both seeds
+    res = run(chk, close, sized(close, 2000))
+    assert res.verdict == claims.INCONCLUSIVE and res.noise > 0.25 and "noise ±" in res.summary()
+    assert run(chk, close, sized(close, 1_000_000)).verdict == claims.REPRODUCED  # the same effect, measured finely
+    worse = frame(lth_rows([0.90, 0.84, 0.80], [0.89, 0.85]))
+    assert run(chk, worse, sized(worse, 2000)).verdict == claims.NOT_REPRODUCED  # -5 pp: clear of the noise
+
+
 def test_density_selection_uses_the_nearest_level_or_declines():
     jobs = frame(lth_rows([0.90, 0.91, 0.95, 0.93], [0.9, 0.9, 0.9]))  # densities 1, .8, .64, .512
     chk = check("versus_dense", {"op": "within", "value": 5.0, "tol": 0.01}, at={"density": 0.65}, of={"branch": "imp"})

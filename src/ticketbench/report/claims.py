@@ -41,7 +41,21 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from . import tables
+
 REPRODUCED, NOT_REPRODUCED, NOT_RUN, NOT_CHECKED = "reproduced", "not reproduced", "not run at this scale", "not checked"
+INCONCLUSIVE = "inconclusive"
+NOISE_Z = 2.0
+NOISE_RULE = ("A direction check on test accuracies (>, >=, <, <= on an accuracy in % or on a difference of two "
+              "accuracies in pp) is decided only when its mean over seeds clears the threshold by more than "
+              f"{NOISE_Z:g} x its noise, else it is inconclusive. Noise = max(seed spread, binomial error) of the "
+              "mean of n values: seed spread = sample standard deviation / sqrt(n) (n >= 2), binomial error = "
+              "100 sqrt(k p (1 - p) / N) / sqrt(n), with p the mean accuracy of the runs involved, N their test-set "
+              "size, k = 2 for a difference of two accuracies and 1 for one accuracy.")
+"""The noise floor of a verdict (issue "Verdicts a reviewer can trust"). The binomial term is how much one
+network's accuracy on N test images moves by chance; it is what a single seed cannot tell apart from an
+effect (the quick run's "+0.50 pp on 2,000 images, one seed" was +0.5 pp on one machine and -0.05 pp on
+another). Quantitative checks (within, within_factor) and other measures are decided as before."""
 DENSITY_MATCH = 1.12
 """A claim "at P_m = d" uses the IMP level whose density is within this factor of d (about half of one
 20 % pruning step), else the claim is not run at this scale."""
@@ -69,6 +83,8 @@ class Result:
     values: list[float] = field(default_factory=list)
     unit_label: str = ""
     detail: str = ""
+    noise: float | None = None
+    """The noise of the mean (:data:`NOISE_RULE`), in the check's unit, where the rule applies."""
 
     def summary(self) -> str:
         """mean (min..max, n) in the check's unit, or the reason it was not computed."""
@@ -78,7 +94,8 @@ class Result:
         fmt = _fmt(self.unit_label)
         spread = f" (min {fmt(v.min())}, max {fmt(v.max())}; n = {len(v)})" if len(v) > 1 else " (n = 1)"
         extra = f"; {self.detail}" if self.detail else ""
-        return f"{fmt(v.mean())} {self.unit_label}{spread}{extra}"
+        noise = f"; noise ± {fmt(self.noise).lstrip('+')}" if self.noise is not None else ""
+        return f"{fmt(v.mean())} {self.unit_label}{spread}{noise}{extra}"
 
 
 def load(path: Path) -> list[dict[str, Any]]:
@@ -145,9 +162,40 @@ def evaluate(claims: list[dict[str, Any]], jobs: pd.DataFrame, configs: dict[str
                 except NotRun as e:
                     out.append(Result(claim, _join(label, name), NOT_RUN, chk, detail=str(e)))
                     continue
-                verdict = REPRODUCED if _expect(chk["expect"], float(np.mean(values))) else NOT_REPRODUCED
-                out.append(Result(claim, _join(label, name), verdict, chk, list(map(float, values)), unit_of(chk), detail))
+                mean = float(np.mean(values))
+                floor = _noise_floor(chk, unit, values, configs)
+                if floor is not None and math.isfinite(mean) and abs(mean - chk["expect"]["value"]) <= NOISE_Z * floor:
+                    verdict = INCONCLUSIVE
+                else:
+                    verdict = REPRODUCED if _expect(chk["expect"], mean) else NOT_REPRODUCED
+                out.append(Result(claim, _join(label, name), verdict, chk, list(map(float, values)), unit_of(chk), detail,
+                                  floor))
     return out
+
+
+def noise(values: list[float], p: float, test_size: int, difference: bool) -> float:
+    """The noise of the mean of ``values`` (in % or pp) by :data:`NOISE_RULE`: the larger of the seed
+    spread and the binomial error of accuracies ``p`` measured on ``test_size`` examples."""
+    n = len(values)
+    binomial = 100 * math.sqrt((2 if difference else 1) * p * (1 - p) / test_size) / math.sqrt(n)
+    spread = float(np.std(values, ddof=1)) / math.sqrt(n) if n >= 2 else 0.0
+    return max(spread, binomial)
+
+
+def _noise_floor(chk: dict[str, Any], unit: pd.DataFrame, values: list[float],
+                 configs: dict[str, dict[str, Any]]) -> float | None:
+    """:func:`noise` for a direction check on test accuracies (None where :data:`NOISE_RULE` does not apply)."""
+    how = chk.get("as", "difference")
+    difference = chk["measure"] in ("difference", "versus_dense", "best") and how == "difference"
+    single = chk["measure"] == "value" or (chk["measure"] == "best" and how == "value")
+    metric = _metric(chk, unit)
+    if chk["expect"]["op"] not in OPS or not (difference or single) or metric not in ("final_test_acc", "early_stop_test_acc"):
+        return None
+    sizes = [tables.test_set_size(configs[e]) for e in unit["experiment"].unique() if "data" in configs.get(e, {})]
+    p = float(unit[metric].mean())
+    if not sizes or not values or not math.isfinite(p):
+        return None
+    return noise(values, p, min(sizes), difference)
 
 
 def _no_runs(sel: dict[str, Any]) -> str:

@@ -49,6 +49,9 @@ final one; both are compared wherever a side's tables have them."""
 ROW = ["experiment", "branch", "level", "metric"]
 WITHIN, BEYOND, MISSING_A, MISSING_B = "within noise", "beyond noise", "missing on A", "missing on B"
 AGREE, DIFFER, NOT_EVALUATED_A, NOT_EVALUATED_B = "agree", "differ", "not evaluated on A", "not evaluated on B"
+COMPATIBLE = "compatible"
+"""One side decided a check and the other found its effect within the noise (inconclusive): not a
+disagreement, since an inconclusive verdict is consistent with either decision."""
 NOISE_RULE = ("per network, sigma = max(sample std over the row's seeds/replicates when n >= 2, sqrt(p(1-p)/N) at "
               "the row's test-set size N); a row agrees when |mean A - mean B| <= z * sqrt(sA^2/nA + sB^2/nB), "
               "z the two-sided normal quantile Bonferroni-corrected over the rows compared")
@@ -105,22 +108,6 @@ def within_noise(difference: float, se: float, z: float) -> bool:
     """|difference| <= z * se. The 1e-12 absorbs float rounding, so that identical means agree even
     where the noise is 0 (a single network at accuracy 1)."""
     return abs(difference) <= z * se + 1e-12
-
-
-def n_test_examples(run_config: dict[str, Any]) -> int:
-    """Test examples a run evaluates on: ``data.test_subset`` if set, else the dataset's test split
-    (``data.SIZES``; ``synthetic_test`` for synthetic data)."""
-    d = run_config["data"]
-    subset = int(d.get("test_subset") or 0)
-    if d["name"] == "synthetic":
-        full = int(d["synthetic_test"])
-    elif subset:
-        return subset  # data.load takes the first test_subset of a permutation: never more than the split
-    else:
-        from ..data import SIZES  # imports torch, so only for runs on a full official test split
-
-        full = SIZES[d["name"]][1]
-    return min(subset, full) if subset else full
 
 
 # --------------------------------------------------------------------------------------------------
@@ -192,11 +179,19 @@ def compare_claims(found_a: list[claims_mod.Result] | None, found_b: list[claims
         elif ra is None or rb is None:
             status = MISSING_A if ra is None else MISSING_B
         else:
-            status = AGREE if ra.verdict == rb.verdict else DIFFER
+            status = claim_status(ra.verdict, rb.verdict)
         rows.append({"kind": "claim", "claim": key[0], "unit": key[1],
                      "a": _mean(ra), "b": _mean(rb), "verdict_a": ra.verdict if ra else None,
                      "verdict_b": rb.verdict if rb else None, "value_unit": (ra or rb).unit_label, "status": status})
     return pd.DataFrame(rows, columns=["kind", "claim", "unit", "a", "b", "value_unit", "verdict_a", "verdict_b", "status"])
+
+
+def claim_status(a: str, b: str) -> str:
+    """Two verdicts of one check: equal ones agree; inconclusive beside a decision is compatible; any other
+    pair (reproduced vs. not reproduced, run vs. not run) differs."""
+    if a == b:
+        return AGREE
+    return COMPATIBLE if claims_mod.INCONCLUSIVE in (a, b) else DIFFER
 
 
 def _mean(r: claims_mod.Result | None) -> float:
@@ -235,7 +230,7 @@ def tidy(rows: pd.DataFrame, claim_rows: pd.DataFrame) -> pd.DataFrame:
 
 def summary(rows: pd.DataFrame, claim_rows: pd.DataFrame, alpha: float, claims_note: str = "") -> str:
     """The one-line verdict, e.g. ``compare: 90 rows, 90 within noise, 0 beyond (z = 3.45, Bonferroni
-    over 90 rows at alpha 0.05); claims: 86 agree, 0 differ``."""
+    over 90 rows at alpha 0.05); claims: 85 agree, 1 compatible, 0 differ``."""
     n = rows["status"].value_counts()
     both = int(n.get(WITHIN, 0) + n.get(BEYOND, 0))
     text = f"compare: {both} rows, {n.get(WITHIN, 0)} within noise, {n.get(BEYOND, 0)} beyond"
@@ -248,7 +243,7 @@ def summary(rows: pd.DataFrame, claim_rows: pd.DataFrame, alpha: float, claims_n
     if claims_note:
         text += f"; claims: {claims_note}"
     else:
-        text += f"; claims: {c.get(AGREE, 0)} agree, {c.get(DIFFER, 0)} differ"
+        text += f"; claims: {c.get(AGREE, 0)} agree, {c.get(COMPATIBLE, 0)} compatible, {c.get(DIFFER, 0)} differ"
         for missing in (MISSING_A, MISSING_B):
             if c.get(missing, 0):
                 text += f", {c[missing]} {missing}"
@@ -284,8 +279,8 @@ def render(rows: pd.DataFrame, claim_rows: pd.DataFrame, label_a: str, label_b: 
     if claim_rows.empty:
         out.append(f"claims ({claims_path}): none to compare")
         return "\n".join(out)
-    decided = (claim_rows["verdict_a"].isin([claims_mod.REPRODUCED, claims_mod.NOT_REPRODUCED])
-               | claim_rows["verdict_b"].isin([claims_mod.REPRODUCED, claims_mod.NOT_REPRODUCED])
+    shown_verdicts = [claims_mod.REPRODUCED, claims_mod.NOT_REPRODUCED, claims_mod.INCONCLUSIVE]
+    decided = (claim_rows["verdict_a"].isin(shown_verdicts) | claim_rows["verdict_b"].isin(shown_verdicts)
                | (claim_rows["status"] != AGREE))
     out.append(f"claims ({claims_path}): verdicts on A and B of every check either side could decide")
     shown = claim_rows[decided]
@@ -462,7 +457,7 @@ def _check_families(side: Side, workflow_config: Path | None) -> None:
 def n_test_by_experiment(a: Side, b: Side) -> tuple[dict[str, int], dict[str, int]]:
     """Each side's test-set size per experiment, from its own run configs, else from the other side's
     (the same experiment of the same workflow evaluates on the same test set)."""
-    own = [{e: n_test_examples(c) for e, c in (s.configs or {}).items()} for s in (a, b)]
+    own = [{e: tables.test_set_size(c) for e, c in (s.configs or {}).items()} for s in (a, b)]
     out = []
     for i, side in enumerate((a, b)):
         sizes = {}

@@ -29,7 +29,8 @@ from . import claims as claims_mod
 from . import tables
 
 ANALYSES = tuple(tables.ANALYSES)
-VERDICT_ORDER = (claims_mod.REPRODUCED, claims_mod.NOT_REPRODUCED, claims_mod.NOT_RUN, claims_mod.NOT_CHECKED)
+VERDICT_ORDER = (claims_mod.REPRODUCED, claims_mod.NOT_REPRODUCED, claims_mod.INCONCLUSIVE, claims_mod.NOT_RUN,
+                 claims_mod.NOT_CHECKED)
 
 
 def scale_of(results: Path, workflow_config: Path | None) -> str:
@@ -196,10 +197,11 @@ def _blocks(jobs: pd.DataFrame, found: list[claims_mod.Result], captions: dict[s
     b.append(("p", f"{len(found)} checks of {n_claims} claims: " + ", ".join(f"**{counts[v]}** {v}" for v in VERDICT_ORDER)
                    + ". A verdict tests the check's expectation on the mean over seeds; the spread shown is min-max over "
                    "seeds (the papers' error bars). Claims from secondary sources are marked."))
+    b.append(("p", f"**Noise floor.** {claims_mod.NOISE_RULE}"))
     b.append(("h2", "Experiments"))
     b.append(("table", _experiments(jobs)))
     b.append(("h2", "Claims checked at this scale"))
-    checked = [r for r in found if r.verdict in (claims_mod.REPRODUCED, claims_mod.NOT_REPRODUCED)]
+    checked = [r for r in found if r.verdict in (claims_mod.REPRODUCED, claims_mod.NOT_REPRODUCED, claims_mod.INCONCLUSIVE)]
     if not checked:
         b.append(("p", "None: no run matches a paper's protocol and no family experiment was run."))
     for paper, rows in _by_paper(checked):
