@@ -362,7 +362,7 @@ def main() -> None:
                 load_before = os.getloadavg()
                 print(f"\n{s.cfg.model.name}, batch {s.batch}, {s.cfg.train.optimizer}, mask density {s.density:.3f}, "
                       f"torch threads {torch.get_num_threads()}, load average {load_before[0]:.2f}", flush=True)
-                rows = bench_model(s, plans[key], workers, conv=models.uses_channels_last(s.model()))
+                rows = bench_model(s, plans[key], workers, conv=models.memory_format(s.model()) == torch.channels_last)
                 load_after = os.getloadavg()
                 for r in rows:
                     results.append({"model": s.cfg.model.name, "threads": threads, "batch_size": s.batch,
