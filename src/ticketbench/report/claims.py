@@ -45,6 +45,8 @@ from . import tables
 
 REPRODUCED, NOT_REPRODUCED, NOT_RUN, NOT_CHECKED = "reproduced", "not reproduced", "not run at this scale", "not checked"
 INCONCLUSIVE = "inconclusive"
+DECIDED = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
+"""The verdicts of a check that was computed on data (the others say why it was not)."""
 NOISE_Z = 2.0
 NOISE_RULE = ("A direction check on test accuracies (>, >=, <, <= on an accuracy in % or on a difference of two "
               "accuracies in pp) is decided only when its mean over seeds clears the threshold by more than "

@@ -28,7 +28,6 @@ Pure functions first (the statistics, then the tables); reading the two sides (d
 
 from __future__ import annotations
 
-import io
 import math
 import subprocess
 from collections.abc import Sequence
@@ -40,7 +39,7 @@ from typing import Any
 import pandas as pd
 
 from . import claims as claims_mod
-from . import tables
+from . import document, tables
 
 METRICS = {"final_test_acc": "final", "early_stop_test_acc": "early stop"}
 """The accuracies compared, as named in tables/jobs.csv, with their display names. The LTH claims use
@@ -279,8 +278,7 @@ def render(rows: pd.DataFrame, claim_rows: pd.DataFrame, label_a: str, label_b: 
     if claim_rows.empty:
         out.append(f"claims ({claims_path}): none to compare")
         return "\n".join(out)
-    shown_verdicts = [claims_mod.REPRODUCED, claims_mod.NOT_REPRODUCED, claims_mod.INCONCLUSIVE]
-    decided = (claim_rows["verdict_a"].isin(shown_verdicts) | claim_rows["verdict_b"].isin(shown_verdicts)
+    decided = (claim_rows["verdict_a"].isin(claims_mod.DECIDED) | claim_rows["verdict_b"].isin(claims_mod.DECIDED)
                | (claim_rows["status"] != AGREE))
     out.append(f"claims ({claims_path}): verdicts on A and B of every check either side could decide")
     shown = claim_rows[decided]
@@ -366,8 +364,6 @@ def default_workflow_config(specs: Sequence[str], cwd: Path | None = None) -> Pa
 
 
 def _directory(path: Path, label: str, workflow_config: Path | None, cwd: Path) -> Side:
-    from . import document
-
     wf = cwd / workflow_config if workflow_config is not None and (cwd / workflow_config).is_file() else None
 
     if not path.is_dir():
@@ -377,8 +373,7 @@ def _directory(path: Path, label: str, workflow_config: Path | None, cwd: Path) 
     if (path / "tables" / "jobs.csv").is_file():
         data = document.read_tables(path)
     elif runs:
-        families = tables.families_of(wf)
-        data = {"jobs": tables.jobs(path, families), **{k: tables.analysis(path, k, families) for k in tables.ANALYSES}}
+        data = document.build_tables(path, wf)
     else:
         raise CompareError(f"{label}: neither tables/jobs.csv nor runs/<experiment>/seed<S>/config.yaml; run the workflow "
                            f"(or `ticketbench report {label}`), or `dvc pull` its results")
@@ -399,15 +394,10 @@ def _revision(rev: str, path: str, label: str, workflow_config: Path | None, cwd
     if _git(cwd, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}") is None:
         raise CompareError(f"{label}: unknown git revision '{rev}' in {top.strip()}; give a commit, branch or tag "
                            f"(see `git log --oneline`)")
-    jobs = _git(cwd, "show", f"{rev}:{path}/tables/jobs.csv")
-    if jobs is None:
+    if _git(cwd, "cat-file", "-e", f"{rev}:{path}/tables/jobs.csv") is None:
         raise CompareError(f"{label}: revision {rev} has no {path}/tables/jobs.csv; give the folder that holds tables/, "
                            f"relative to the repository root (see `git ls-tree -r --name-only {rev} results`)")
-    data: dict[str, pd.DataFrame | None] = {"jobs": pd.read_csv(io.StringIO(jobs))}
-    for kind in tables.ANALYSES:
-        text = _git(cwd, "show", f"{rev}:{path}/tables/{kind}.csv")
-        df = pd.read_csv(io.StringIO(text)) if text is not None else None
-        data[kind] = None if df is None or df.empty else df  # as document.read_tables: no rows = not run
+    data = document.parse_tables(lambda name: _git(cwd, "show", f"{rev}:{path}/tables/{name}.csv"))
     text, where = None, str(workflow_config)
     if workflow_config is not None:
         # The revision's own workflow config describes its tables; the working copy's may have moved on.
@@ -436,8 +426,6 @@ def _configs_from_workflow(text: str | None, where: str, jobs: pd.DataFrame) -> 
     """Each experiment's run config rebuilt from the workflow config (:func:`document.configs_from_workflow`,
     which accepts it only if it reproduces the tables' config hashes), or None and the reason: a side
     without them is still compared row by row, only its claims are not evaluated."""
-    from . import document
-
     if text is None:
         return None, "no runs/ to read run configs from and no workflow config found; pass --config config/N.yaml"
     try:

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,17 +45,23 @@ def scale_of(results: Path, workflow_config: Path | None) -> str:
     return Path(results).resolve().name
 
 
+def build_tables(results: Path, workflow_config: Path | None) -> dict[str, pd.DataFrame | None]:
+    """The jobs table and one table per analysis (None: no run has it), from the stored runs."""
+    families = tables.families_of(workflow_config)
+    data: dict[str, pd.DataFrame | None] = {"jobs": tables.jobs(results, families)}
+    for kind in ANALYSES:
+        data[kind] = tables.analysis(results, kind, families)
+    return data
+
+
 def write_tables(results: Path, workflow_config: Path | None) -> dict[str, pd.DataFrame | None]:
     """tables/jobs.csv and one CSV per analysis. An analysis that no run has is a table without rows
     (its columns only), so that every table exists and DVC can depend on each (dvc.yaml)."""
     if not tables.run_dirs(results):
         raise tables.ResultsError(f"{results}: no run directories (runs/<experiment>/seed<S>/config.yaml); "
                                   f"run the workflow first, or `dvc pull` its results")
-    families = tables.families_of(workflow_config)
     out = Path(results) / "tables"
-    data: dict[str, pd.DataFrame | None] = {"jobs": tables.jobs(results, families)}
-    for kind in ANALYSES:
-        data[kind] = tables.analysis(results, kind, families)
+    data = build_tables(results, workflow_config)
     for name, df in data.items():
         if df is None:  # an analysis that no run has
             df = pd.DataFrame(columns=tables.RUN_COLUMNS + tables.ANALYSES[name])
@@ -66,10 +74,16 @@ def read_tables(results: Path) -> dict[str, pd.DataFrame | None]:
     folder = Path(results) / "tables"
     if not (folder / "jobs.csv").is_file():
         raise tables.ResultsError(f"{folder}/jobs.csv: missing; run 'ticketbench report {results} --part tables' first")
+    return parse_tables(lambda name: (folder / f"{name}.csv").read_text() if (folder / f"{name}.csv").is_file() else None)
+
+
+def parse_tables(read: Callable[[str], str | None]) -> dict[str, pd.DataFrame | None]:
+    """The tables from their CSV texts (``read(name)``: the text of tables/<name>.csv, or None if there is
+    none), wherever they are kept (a folder, a git revision); an analysis without rows was not run (None)."""
     out: dict[str, pd.DataFrame | None] = {}
     for name in ("jobs", *ANALYSES):
-        path = folder / f"{name}.csv"
-        df = pd.read_csv(path) if path.is_file() else None
+        text = read(name)
+        df = pd.read_csv(io.StringIO(text)) if text is not None else None
         out[name] = None if df is None or (name != "jobs" and df.empty) else df
     return out
 
@@ -201,7 +215,7 @@ def _blocks(jobs: pd.DataFrame, found: list[claims_mod.Result], captions: dict[s
     b.append(("h2", "Experiments"))
     b.append(("table", _experiments(jobs)))
     b.append(("h2", "Claims checked at this scale"))
-    checked = [r for r in found if r.verdict in (claims_mod.REPRODUCED, claims_mod.NOT_REPRODUCED, claims_mod.INCONCLUSIVE)]
+    checked = [r for r in found if r.verdict in claims_mod.DECIDED]
     if not checked:
         b.append(("p", "None: no run matches a paper's protocol and no family experiment was run."))
     for paper, rows in _by_paper(checked):
