@@ -64,6 +64,10 @@ DENSITY_MATCH = 1.12
 PERCENT_METRICS = {"final_test_acc", "early_stop_test_acc", "final_train_acc"}
 METRIC_UNITS = {"early_stop_step": "iterations", "final_train_loss": "nats", "final_test_loss": "nats"}
 OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+QUANTITATIVE, DIRECTION = "quantitative", "direction only"
+KINDS = (QUANTITATIVE, DIRECTION)
+"""A check either tests the paper's number (within a tolerance or a factor) or only the direction of the
+effect (>, <); the report's headline counts the two apart, as a reviewer weighs them differently."""
 
 
 class ClaimsError(ValueError):
@@ -245,6 +249,11 @@ def _checks(claim: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _join(a: str, b: str) -> str:
     return f"{a}: {b}" if a and b else a or b
+
+
+def kind_of(chk: dict[str, Any]) -> str:
+    """:data:`QUANTITATIVE` when the check compares with the paper's value, else :data:`DIRECTION`."""
+    return QUANTITATIVE if chk["expect"]["op"] in ("within", "within_factor") else DIRECTION
 
 
 def _expect(e: dict[str, Any], x: float) -> bool:
