@@ -45,6 +45,9 @@ from . import tables
 
 REPRODUCED, NOT_REPRODUCED, NOT_RUN, NOT_CHECKED = "reproduced", "not reproduced", "not run at this scale", "not checked"
 INCONCLUSIVE = "inconclusive"
+NO_EXPERIMENT = "no experiment in the suite"
+"""No experiment of config/config.yaml has the claim's protocol, so no scale of the suite can test it (as
+opposed to NOT_RUN: the suite has such an experiment and the results at hand do not)."""
 DECIDED = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
 """The verdicts of a check that was computed on data (the others say why it was not)."""
 NOISE_Z = 2.0
