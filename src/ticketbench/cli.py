@@ -48,11 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(p)
     p.add_argument("--level", type=int, help="only this level (its predecessors must be done)")
 
-    p = sub.add_parser("branch", help="a baseline at one IMP level: random_reinit, random_prune, oneshot, copy")
+    from .config import BRANCHES
+
+    p = sub.add_parser("branch", help="a baseline at one IMP level, or an SGD-noise copy: " + ", ".join(BRANCHES))
     _run_args(p)
-    p.add_argument("--kind", required=True, choices=["random_reinit", "random_prune", "oneshot", "copy"],
+    p.add_argument("--kind", required=True, choices=BRANCHES,
                    help="random_reinit: IMP's mask, fresh weights; random_prune: a random mask of the level's "
-                        "sparsity; oneshot: prune the dense net at once; copy: an SGD-noise copy for instability")
+                        "sparsity; oneshot: prune the dense net at once; copy: an SGD-noise copy for instability; "
+                        "copy_random_reinit, copy_random_prune: SGD-noise copies of those baselines' replicate 0")
     p.add_argument("--level", type=int, required=True, help="the IMP level it branches off (that level must be done)")
     p.add_argument("--replicate", type=int, default=0, help="replicate number: its own seed stream (default: 0)")
 

@@ -33,6 +33,15 @@ MODELS = ("lenet_300_100", "conv2", "conv4", "conv6", "resnet20", "vgg16", "vgg1
 LAYER_KINDS = ("conv", "shortcut", "fc", "output")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 """Tensor layouts a run may ask for (a runtime choice, not hashed; ``models.memory_format`` decides auto)."""
+BRANCHES = ("random_reinit", "random_prune", "oneshot", "copy", "copy_random_reinit", "copy_random_prune")
+"""The baselines and SGD-noise copies that branch off an IMP level (``imp.Run.branch`` says what each is).
+Named here, beside the rest of the run vocabulary, so the CLI and the workflow can list them without torch."""
+COPIES = {"copy": "imp", "copy_random_reinit": "random_reinit", "copy_random_prune": "random_prune"}
+"""Each SGD-noise copy branch (LMC Sec. 3) -> the network it copies: the IMP subnetwork, or a random baseline
+(LMC Sec. 4: random pruning and reinitialization are neither stable nor matching)."""
+REINITIALIZED = tuple(b for b in BRANCHES if COPIES.get(b, b) == "random_reinit")
+"""The branches that train fresh weights, and so start where ``imp.reinit_start`` says."""
+REINIT_STARTS = ("rewind", "zero")
 
 
 class ConfigError(ValueError):
@@ -178,12 +187,19 @@ class ImpConfig:
     finetune_steps: str = "0it"
     """Length of each fine-tuning level (Renda et al. 2020): trained weights are kept and training
     continues at the end-of-schedule learning rate. '0it' = the length of one IMP level (T - k)."""
+    reinit_start: Literal["rewind", "zero"] = "rewind"
+    """Where the fresh weights of random reinitialization start training when k > 0. 'rewind' (open_lth's
+    default, ``start_at_step_zero=False``): from step k to T, the steps of the level it ablates, at the
+    learning rate of step k, so it trains k fewer steps than the networks it is compared with. 'zero': from
+    step 0 to T with the full schedule (warmup included), as a network trained from initialization is.
+    The two coincide at k = 0, the LTH's protocol. The default keeps the hash of every earlier run."""
 
     def validate(self) -> None:
         if self.levels < 0:
             raise ConfigError("imp.levels: must be >= 0")
         parse_steps(self.rewind, "imp.rewind")
         parse_steps(self.finetune_steps, "imp.finetune_steps")
+        _choice("imp.reinit_start", self.reinit_start, REINIT_STARTS)
 
 
 @dataclass(frozen=True)
@@ -239,6 +255,7 @@ class RunConfig:
             milestones=tuple(to_iterations(m, ipe, "train.milestones") for m in self.train.milestones),
             eval_every=max(1, to_iterations(self.train.eval_every, ipe, "train.eval_every")),
             finetune=finetune,
+            reinit=0 if self.imp.reinit_start == "zero" else rewind,
         )
 
     # ----------------------------------------------------------------------------------------------
@@ -274,6 +291,8 @@ class Schedule:
     milestones: tuple[int, ...]
     eval_every: int
     finetune: int
+    reinit: int
+    """The step random reinitialization's fresh weights start at (``imp.reinit_start``): k or 0."""
 
     def lr_at(self, step: int, lr: float, gamma: float) -> float:
         """Learning rate used by the update *from* ``step``: linear warmup from 0 (open_lth's

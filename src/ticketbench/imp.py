@@ -7,7 +7,7 @@ Layout of a run directory (one config, one seed)::
                                          captured during the dense run and shared by every level/branch
     RUN/imp/level_00/                    the dense network (level 0)
     RUN/imp/level_LL/                    IMP level L: mask.pt, final.pt, metrics.csv, summary.json
-    RUN/<branch>/level_LL/rep_R/         baselines at level L (random_reinit, random_prune, oneshot, copy)
+    RUN/<branch>/level_LL/rep_R/         baselines and SGD-noise copies at level L (config.BRANCHES)
     RUN/finetune/level_LL/               the fine-tuning chain (Renda et al. 2020)
 
 Level L (L >= 1) prunes the trained weights of level L-1 by magnitude, resets the survivors (and the BN
@@ -30,7 +30,7 @@ import yaml
 
 from . import checkpoints, config, data, models
 from .checkpoints import CheckpointError, JobLock, atomic_write
-from .config import ConfigError, RunConfig, Schedule, dump
+from .config import BRANCHES, COPIES, ConfigError, RunConfig, Schedule, dump
 from .data import Data, stream_seed
 from .masks import Mask, dense_mask, layer_table, magnitude_prune, random_prune
 from .runtime import Runtime
@@ -38,7 +38,6 @@ from .train import Job, fit
 
 log = logging.getLogger("ticketbench")
 
-BRANCHES = ("random_reinit", "random_prune", "oneshot", "copy")
 # Stream ids for derived seeds (reinit weights, random masks, SGD-noise copies).
 _REINIT, _RANDOM_MASK, _COPY = 11, 12, 13
 
@@ -168,14 +167,21 @@ class Run:
 
     # -- branches off level L ----------------------------------------------------------------------
     def branch(self, kind: str, level: int, replicate: int = 0) -> dict[str, Any]:
-        """A baseline at IMP level L, trained over the same steps (k..T) as the level it ablates:
+        """A baseline at IMP level L, trained over the same steps (k..T) as the level it ablates (fresh
+        weights: see ``imp.reinit_start``), or an SGD-noise copy of one:
 
-        - random_reinit: the level's mask on freshly initialized weights (LTH Sec. 2; with k > 0 the new
-          weights start at step k, as LMC's reinitialized subnetworks do);
+        - random_reinit: the level's mask on freshly initialized weights (LTH Sec. 2). With k > 0 the new
+          weights train from step k (``imp.reinit_start: rewind``, open_lth's default and LMC's
+          reinitialized subnetworks) or from step 0 (``zero``) to T;
         - random_prune: a random mask with the level's per-layer counts, on the rewound weights;
         - oneshot: the dense network's trained weights pruned once to the level's sparsity, rewound;
         - copy: the level's own subnetwork retrained with different data-order and augmentation seeds;
-          copies 2r and 2r+1 form the pair that instability analysis interpolates (LMC Sec. 3).
+          copies 2r and 2r+1 form the pair that instability analysis interpolates (LMC Sec. 3);
+        - copy_random_reinit, copy_random_prune: the same SGD-noise copies of a random baseline (LMC
+          Sec. 4 finds those neither stable nor matching). Every copy starts from the network of the
+          baseline's replicate 0 (its fresh weights, or its random mask on the rewound weights), so that
+          copies differ in SGD noise only. Copy r of any branch draws the same data-order and
+          augmentation seeds, so IMP and its random baselines are compared under the same noise.
         """
         if kind not in BRANCHES:
             raise ConfigError(f"branch: unknown kind {kind!r}; choose one of {', '.join(BRANCHES)}")
@@ -185,27 +191,30 @@ class Run:
         if (folder / "summary.json").is_file():
             return _read_summary(folder)
         imp_mask = self.load_mask(self.level_dir(level))
-        seeds = None
-        if kind == "random_reinit":
+        # A copy trains the network of replicate 0 of the branch it copies.
+        original, network = (COPIES[kind], 0) if kind in COPIES else (kind, replicate)
+        start, seeds, extra = self.schedule.rewind, None, {}
+        if original == "random_reinit":
             mask = imp_mask
-            state = self.model(stream_seed(_REINIT, self.cfg.seeds.init, level, replicate)).state_dict()
+            state = self.model(stream_seed(_REINIT, self.cfg.seeds.init, level, network)).state_dict()
             opt = None
+            start, extra = self.schedule.reinit, {"reinit_start": self.cfg.imp.reinit_start}
         else:
-            if kind == "random_prune":
-                g = torch.Generator().manual_seed(stream_seed(_RANDOM_MASK, self.cfg.seeds.init, level, replicate))
+            if original == "random_prune":
+                g = torch.Generator().manual_seed(stream_seed(_RANDOM_MASK, self.cfg.seeds.init, level, network))
                 mask = self._existing_mask(folder) or random_prune(imp_mask, g)
-            elif kind == "oneshot":
+            elif original == "oneshot":
                 dense = self.level_dir(0)
                 mask = self._existing_mask(folder) or magnitude_prune(self.final_state(dense), self.load_mask(dense),
                                                                       self.kinds, self.cfg.prune, levels=level)
-            else:
+            else:  # the IMP subnetwork
                 mask = imp_mask
-                base = self.cfg.seeds
-                seeds = (stream_seed(_COPY, base.data_order, level, replicate), stream_seed(_COPY, base.augmentation, level, replicate))
             state, opt = self._start_state(mask)
-        return self._train(folder, f"{kind} level {level} rep {replicate}", state, mask, self.schedule.rewind,
-                           self.schedule.total, optimizer_state=opt, seeds=seeds, branch=kind, level=level,
-                           replicate=replicate)
+        if kind in COPIES:
+            base = self.cfg.seeds
+            seeds = (stream_seed(_COPY, base.data_order, level, replicate), stream_seed(_COPY, base.augmentation, level, replicate))
+        return self._train(folder, f"{kind} level {level} rep {replicate}", state, mask, start, self.schedule.total,
+                           optimizer_state=opt, seeds=seeds, branch=kind, level=level, replicate=replicate, **extra)
 
     def finetune(self, level: int) -> dict[str, Any]:
         """Fine-tuning chain (Renda et al. 2020; Saleem et al.'s baseline): prune the previous

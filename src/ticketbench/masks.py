@@ -10,7 +10,7 @@ thresholding (``sort[k]`` with a strict ``>`` prunes an extra weight on ties; op
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -134,8 +134,31 @@ def _format_of(t: torch.Tensor) -> torch.memory_format:
 
 
 def density(mask: Mask) -> float:
+    """Fraction of the *prunable* weights remaining: the tables' ``density``, the rate arithmetic's own
+    quantity (0.8**L under global 20 % pruning)."""
     total = sum(m.numel() for m in mask.values())
     return sum(int(m.sum()) for m in mask.values()) / total if total else 1.0
+
+
+def density_total(mask: Mask, weight_shapes: Mapping[str, Sequence[int]]) -> float:
+    """Fraction of *all* the network's weights remaining, pruned kinds or not: the LTH's P_m.
+
+    The LTH quotes P_m over every weight of the network, the ones it never prunes included: for its
+    ResNet (shortcut and output weights unpruned, Sec. 4) 41.7 / 27.1 / 21.9 / 11.8 % at levels 4, 6, 7, 10
+    are (0.8**L x 267,696 + 3,200) / 270,896, where ``density`` gives 41.0 / 26.2 / 21.0 / 10.7 %.
+    ``weight_shapes`` are the conv and linear weights (``models.layer_kinds``); biases and BN parameters
+    are not counted, because the paper does not count them: 270,896 is exactly 267,696 conv + 2,560
+    shortcut + 640 output weights (App. I.3), while with its biases and BN the network has 272,474
+    parameters."""
+    unknown = sorted(set(mask) - set(weight_shapes))
+    if unknown:
+        raise ValueError(f"mask names {unknown[0]!r}, which is not among the network's weights")
+    wrong = [n for n in sorted(mask) if tuple(mask[n].shape) != tuple(weight_shapes[n])]
+    if wrong:
+        raise ValueError(f"mask of {wrong[0]!r} has shape {tuple(mask[wrong[0]].shape)}, the weight {tuple(weight_shapes[wrong[0]])}")
+    total = sum(math.prod(shape) for shape in weight_shapes.values())
+    pruned = sum(m.numel() - int(m.sum()) for m in mask.values())
+    return (total - pruned) / total if total else 1.0
 
 
 def layer_table(mask: Mask, kinds: Mapping[str, str]) -> list[dict]:

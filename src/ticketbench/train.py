@@ -31,8 +31,8 @@ from . import checkpoints
 from .checkpoints import atomic_write
 from .config import RunConfig, TrainConfig
 from .data import Batches, Data, Split
-from .masks import Mask, MaskedParameters, density
-from .models import layout_name, memory_format
+from .masks import Mask, MaskedParameters, density, density_total
+from .models import layer_kinds, layout_name, memory_format
 from .runtime import Runtime
 
 METRIC_COLUMNS = ["step", "epoch", "lr", "train_loss", "val_loss", "val_acc", "test_loss", "test_acc"]
@@ -102,6 +102,7 @@ def fit(model: nn.Module, data: Data, cfg: RunConfig, job: Job, runtime: Runtime
     if summary_path.is_file():
         return json.loads(summary_path.read_text())
     config_hash = cfg.hash()
+    weight_shapes = {n: tuple(p.shape) for n, p in model.named_parameters() if n in layer_kinds(model)}
     device = data.test.x.device
     fmt = memory_format(model, runtime.memory_format)
     channels_last = fmt == torch.channels_last
@@ -190,6 +191,7 @@ def fit(model: nn.Module, data: Data, cfg: RunConfig, job: Job, runtime: Runtime
         "start_step": job.start,
         "end_step": job.end,
         "density": density(job.mask),
+        "density_total": density_total(job.mask, weight_shapes),
         "memory_format": layout_name(fmt),
         "final_train_loss": train_loss,
         "final_train_acc": train_acc,

@@ -8,8 +8,11 @@ for the inside of a run). From there this module builds:
 - ``hessian``, ``instability``, ``successive``: the analyses' CSVs (``RUN/analysis/<kind>/*level_LL.csv``)
   stacked, with the same run columns.
 
-``density`` (fraction of prunable weights remaining) is the only sparsity vocabulary in tables;
-figures and the report convert it to "% remaining" when displaying.
+``density`` (fraction of prunable weights remaining) is the sparsity vocabulary of tables; figures and
+the report convert it to "% remaining" when displaying. ``density_total`` counts all the network's weights,
+the unpruned kinds included (the LTH's P_m, see ``masks.density_total``): use it where a paper does.
+``reinit_start`` says where a reinitialized job's fresh weights started (``imp.reinit_start``). Jobs made
+before these two were recorded leave them empty; :func:`unrecorded` says so rather than guess.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ import pandas as pd
 import yaml
 
 RUN_COLUMNS = ["experiment", "family", "group", "network", "dataset", "seed", "rewind_step", "run"]
-JOB_COLUMNS = ["experiment", "run", "config_hash", "seed", "branch", "level", "replicate", "density",
+JOB_COLUMNS = ["experiment", "run", "config_hash", "seed", "branch", "level", "replicate", "density", "density_total",
                "final_test_acc", "final_test_loss", "final_train_loss", "final_train_acc",
-               "early_stop_step", "early_stop_test_acc", "early_stop_val_loss", "start_step", "end_step", "job"]
+               "early_stop_step", "early_stop_test_acc", "early_stop_val_loss", "start_step", "end_step", "reinit_start",
+               "job"]
 SORT = ["experiment", "seed", "branch", "level", "replicate"]
 
 # The analyses' tables (written by ticketbench.analysis.commands, one CSV per job or per level in
@@ -78,6 +82,21 @@ def jobs(results: Path, families: dict[str, str] | None = None) -> pd.DataFrame:
     df = df.drop(columns=["experiment", "seed"]).merge(info, on="run", how="left")
     return df[RUN_COLUMNS + [c for c in JOB_COLUMNS if c not in RUN_COLUMNS]].sort_values(
         SORT, na_position="first", ignore_index=True)
+
+
+def unrecorded(jobs: pd.DataFrame) -> list[str]:
+    """One sentence per column that jobs stored before it was recorded lack (empty, or absent from an old
+    jobs.csv): ``density_total`` on any job, ``reinit_start`` on a reinitialized one. Such jobs are not
+    filled in: the code that made them is not known from the table."""
+    from ..config import REINITIALIZED
+
+    wanted = {"density_total": jobs.index, "reinit_start": jobs.index[jobs["branch"].isin(REINITIALIZED)]}
+    out = []
+    for column, rows in wanted.items():
+        missing = len(rows) if column not in jobs.columns else int(jobs.loc[rows, column].isna().sum())
+        if missing:
+            out.append(f"{missing} of {len(rows)} job(s) were stored before {column} was recorded; it is unknown for them")
+    return out
 
 
 def run_info(run: Path, families: dict[str, str] | None = None) -> dict[str, Any]:
@@ -156,13 +175,19 @@ def _group_of(cfg: dict[str, Any]) -> str:
 
     rest = {k: v for k, v in cfg.items() if k not in ("name", "source", "hash", "seeds")}
     rest["imp"] = {k: v for k, v in (rest.get("imp") or {}).items() if k != "rewind"}
+    from ..config import ImpConfig
+
+    # reinit_start came later: at its default, the runs stored before it keep their group.
+    if rest["imp"].get("reinit_start") == ImpConfig.reinit_start:
+        del rest["imp"]["reinit_start"]
     return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def _rewind_step(run: Path, cfg: dict[str, Any]) -> float:
     for path in sorted(run.glob("*/level_*/**/summary.json")):
         s = json.loads(path.read_text())
-        if s.get("branch") not in (None, "finetune") and (s.get("level") or s.get("branch") == "copy"):
+        if (s.get("branch") not in (None, "finetune") and (s.get("level") or s.get("branch") == "copy")
+                and s.get("reinit_start") != "zero"):  # fresh weights trained from step 0 do not start at k
             return float(s["start_step"])
     from ..config import ConfigError, parse_steps
 
