@@ -135,3 +135,36 @@ def test_killed_training_resumes_to_identical_weights(write_config, tmp_path, si
     assert all(torch.equal(ref[k], got[k]) for k in ref)
     assert (tmp_path / "ref/imp/level_00/metrics.csv").read_text() == (tmp_path / "run/imp/level_00/metrics.csv").read_text()
     assert not (tmp_path / "run" / "imp" / "level_00" / "checkpoint.pt").exists()
+
+
+def test_branch_offers_every_kind_of_the_engine_and_refuses_others():
+    from ticketbench import imp
+    from ticketbench.cli import build_parser
+
+    parser = build_parser()
+    for kind in imp.BRANCHES:
+        assert parser.parse_args(["branch", "run.yaml", "--kind", kind, "--level", "1"]).kind == kind
+    assert {"copy_random_reinit", "copy_random_prune"} <= set(imp.BRANCHES)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["branch", "run.yaml", "--kind", "copy_random", "--level", "1"])
+
+
+def test_instability_interpolates_the_copies_of_a_random_baseline_and_names_that_branch(tmp_path, write_config):
+    """``branch --kind copy_random_prune`` twice, then ``instability --branch copy_random_prune``: the table's
+    branch column says which network was copied."""
+    import pandas as pd
+
+    from ticketbench import cli
+
+    common = [str(write_config(tiny_run(imp={"levels": 1, "rewind": "5it"}))), "--run-dir", str(tmp_path / "run"),
+              "--threads", "1", "--no-progress"]
+    assert cli.main(["imp", *common]) == 0
+    for r in (0, 1):
+        assert cli.main(["branch", *common, "--kind", "copy_random_prune", "--level", "1", "--replicate", str(r)]) == 0
+    out = tmp_path / "instability_copy_random_prune_level_01.csv"
+    assert cli.main(["instability", str(tmp_path / "run"), "--level", "1", "--pairs", "1", "--points", "3",
+                     "--branch", "copy_random_prune", "-o", str(out), "--threads", "1"]) == 0
+    paths = pd.read_csv(out)
+    assert set(paths["branch"]) == {"copy_random_prune"} and len(paths) == 3
+    with pytest.raises(SystemExit):  # only copies form pairs
+        cli.main(["instability", str(tmp_path / "run"), "--level", "1", "--pairs", "1", "--branch", "imp", "-o", str(out)])

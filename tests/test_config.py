@@ -97,3 +97,49 @@ def test_malformed_yaml_is_reported_with_its_line(tmp_path):
     path.write_text("name: x\ndata: {name: mnist\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         config.load(path)
+
+
+def test_reinit_start_is_validated_and_resolved_to_a_step():
+    """imp.reinit_start: where fresh weights start training, k (open_lth's default) or 0."""
+    assert config.from_dict(tiny_run()).imp.reinit_start == "rewind"
+    assert config.from_dict(tiny_run()).schedule(320).reinit == 5  # k
+    assert config.from_dict(tiny_run(imp={"levels": 2, "rewind": "5it", "reinit_start": "zero"})).schedule(320).reinit == 0
+    with pytest.raises(ConfigError, match=r"imp\.reinit_start"):
+        config.from_dict(tiny_run(imp={"levels": 2, "reinit_start": "step_k"}))
+
+
+def test_reinit_start_at_its_default_keeps_every_run_identity():
+    base = config.from_dict(tiny_run())
+    explicit = config.from_dict(tiny_run(imp={"levels": 2, "rewind": "5it", "reinit_start": "rewind"}))
+    assert explicit.hash() == base.hash() == PINNED_HASH
+    assert config.from_dict(tiny_run(imp={"levels": 2, "rewind": "5it", "reinit_start": "zero"})).hash() != base.hash()
+
+
+@pytest.mark.parametrize("results", ["quick", "smoke"])
+def test_the_committed_results_keep_their_config_hash_with_reinit_start_written_out(results):
+    """The configs that made the committed tables (read at the commit that wrote them) still hash to the
+    recorded config_hash, with and without an explicit ``reinit_start: rewind``."""
+    import io
+    import subprocess
+
+    import pandas as pd
+    import yaml
+
+    from conftest import REPO
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout
+
+    table = f"results/{results}/tables/jobs.csv"
+    commit = git("log", "-1", "--format=%H", "--", table).strip()
+    if not commit:
+        pytest.skip(f"not a git checkout with a committed {table}")
+    jobs = pd.read_csv(io.StringIO(git("show", f"{commit}:{table}")))
+    experiments = yaml.safe_load(git("show", f"{commit}:config/{results}.yaml"))["experiments"]
+    recorded = set(zip(jobs["experiment"], jobs["seed"], jobs["config_hash"]))
+    assert recorded
+    for experiment, seed, config_hash in sorted(recorded):
+        spec = experiments[experiment]
+        written_out = {**spec, "run": {**spec["run"], "imp": {**spec["run"]["imp"], "reinit_start": "rewind"}}}
+        for s in (spec, written_out):
+            assert config.experiment_run(s, experiment, int(seed)).hash() == config_hash, experiment

@@ -135,3 +135,76 @@ def test_a_checkpoint_from_another_config_is_refused(tmp_path):
         b.level(1)
     with pytest.raises(config.ConfigError, match="holds a run of config"):
         Run(b.cfg, a.root, b.data, RUNTIME)
+
+
+def metrics_of(folder) -> "pd.DataFrame":
+    import pandas as pd
+
+    return pd.read_csv(folder / "metrics.csv")
+
+
+def test_every_summary_records_both_densities_unpruned_weights_counted_in_density_total(tmp_path):
+    """Output layer left unpruned: density counts the prunable weights, density_total all of them (P_m)."""
+    run = make_run(tmp_path, prune={"strategy": "layerwise", "rates": {"fc": 0.2}}, imp={"levels": 1, "rewind": "5it"})
+    dense, level = run.level(0), run.level(1)
+    assert dense["density"] == dense["density_total"] == 1.0
+    net = run.model()
+    out = net.fc_out.weight.numel()
+    prunable = sum(m.numel() for m in run.load_mask(run.level_dir(1)).values())
+    kept = level["density"] * prunable
+    assert level["density_total"] == pytest.approx((kept + out) / (prunable + out), rel=1e-12)
+    assert level["density_total"] > level["density"]
+
+
+@pytest.mark.parametrize("reinit_start, first_step", [("rewind", 5), ("zero", 0)])
+def test_random_reinit_trains_from_k_or_from_zero_at_that_steps_learning_rate(tmp_path, reinit_start, first_step):
+    """With k = 5 and a 10-step warmup, 'rewind' trains T - k = 35 steps starting at the learning rate of
+    step k (half of it); 'zero' trains all T = 40 steps from a learning rate of 0, the full schedule."""
+    run = make_run(tmp_path, train={"warmup": "10it"}, imp={"levels": 1, "rewind": "5it", "reinit_start": reinit_start})
+    run.all_levels()
+    s = run.branch("random_reinit", 1, 0)
+    assert s["reinit_start"] == reinit_start
+    assert (s["start_step"], s["end_step"]) == (first_step, 40)
+    metrics = metrics_of(run.level_dir(1, "random_reinit", 0))
+    assert metrics["step"].iloc[0] == first_step and metrics["step"].iloc[-1] == 40
+    assert metrics["lr"].iloc[0] == pytest.approx(run.schedule.lr_at(first_step, 0.05, 0.1))
+    assert metrics["lr"].iloc[0] == pytest.approx({"rewind": 0.025, "zero": 0.0}[reinit_start])
+    # the other branches never start anywhere but k, and do not record the option
+    assert "reinit_start" not in run.level(1) and "reinit_start" not in run.branch("random_prune", 1, 0)
+    assert run.branch("random_prune", 1, 0)["start_step"] == 5
+
+
+def test_reinit_start_changes_only_where_the_fresh_weights_start(tmp_path):
+    """Same mask, same fresh weights: the first evaluation of a 'zero' reinit (step 0) and of a 'rewind'
+    reinit (step k) sees the same network."""
+    a = make_run(tmp_path, "a")
+    b = make_run(tmp_path, "b", imp={"levels": 2, "rewind": "5it", "reinit_start": "zero"})
+    for run in (a, b):
+        run.level(0), run.level(1)
+        run.branch("random_reinit", 1, 0)
+    assert all(torch.equal(a.load_mask(a.level_dir(1))[n], m) for n, m in b.load_mask(b.level_dir(1)).items())
+    ma, mb = (metrics_of(r.level_dir(1, "random_reinit", 0)) for r in (a, b))
+    assert ma["test_loss"].iloc[0] == mb["test_loss"].iloc[0]
+
+
+@pytest.mark.parametrize("kind, baseline", [("copy_random_prune", "random_prune"), ("copy_random_reinit", "random_reinit")])
+def test_copies_of_a_random_baseline_share_its_network_and_differ_in_sgd_noise(tmp_path, kind, baseline):
+    """LMC Sec. 4's instability of random baselines: every copy is the network of the baseline's
+    replicate 0 (its mask, its starting weights), trained with data order and augmentation of its own."""
+    run = make_run(tmp_path)
+    run.all_levels()
+    run.branch(baseline, 1, 0)
+    a, b = run.branch(kind, 1, 0), run.branch(kind, 1, 1)
+    folders = [run.level_dir(1, baseline, 0), run.level_dir(1, kind, 0), run.level_dir(1, kind, 1)]
+    masks = [run.load_mask(f) for f in folders]
+    assert all(torch.equal(m[n], masks[0][n]) for m in masks[1:] for n in masks[0])
+    if baseline == "random_prune":
+        imp_mask = run.load_mask(run.level_dir(1))
+        assert any(not torch.equal(masks[0][n], imp_mask[n]) for n in imp_mask)
+    first = [metrics_of(f).iloc[0] for f in folders]  # evaluated before the first step: the start network
+    assert all(r["step"] == 5 and r["test_loss"] == first[0]["test_loss"] for r in first)
+    assert a["final_test_loss"] != b["final_test_loss"]  # different data order and augmentation
+    for folder, mask in zip(folders[1:], masks[1:]):
+        final = final_weights(run, folder)
+        assert all(torch.count_nonzero(final[n][~m]) == 0 for n, m in mask.items())
+    assert (a["branch"], a["replicate"], b["replicate"]) == (kind, 0, 1)

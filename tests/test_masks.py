@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from ticketbench.config import ModelConfig, PruneConfig, TrainConfig
-from ticketbench.masks import (MaskedParameters, dense_mask, density, magnitude_prune, prune_counts, random_prune,
-                               round_half_up)
+from ticketbench.masks import (MaskedParameters, dense_mask, density, density_total, magnitude_prune, prune_counts,
+                               random_prune, round_half_up)
 from ticketbench.models import build, layer_kinds
 from ticketbench.train import make_optimizer
 
@@ -113,3 +115,30 @@ def test_pruned_weights_stay_exactly_zero_after_every_optimizer_step(optimizer):
     handle.remove()
     assert checked == [True] * 20
     assert all(torch.count_nonzero(params[n][m]) == int(m.sum()) for n, m in mask.items())  # survivors train
+
+
+def test_density_total_is_the_lth_p_m_of_its_resnet_with_unpruned_shortcuts_and_output_counted():
+    """LTH Sec. 4 quotes P_m = 41.7 / 27.1 / 21.9 / 11.8 % for its ResNet after 4, 6, 7, 10 rounds of global
+    20 % conv pruning: (0.8**L x 267,696 + 3,200) / 270,896, the 2,560 shortcut and 640 output weights kept.
+    Counting prunable weights only gives 41.0 / 26.2 / 21.0 / 10.7 %, which would match claims to the
+    wrong level."""
+    net = build(ModelConfig("resnet20", width=16), (3, 32, 32), 10, 0)
+    kinds = layer_kinds(net)
+    shapes = {n: tuple(p.shape) for n, p in net.named_parameters() if n in kinds}
+    assert sum(math.prod(s) for s in shapes.values()) == 270_896  # weights only: no biases, no BN
+    mask, p_m, prunable = dense_mask(net, kinds, LTH_RESNET), {}, {}
+    for level in range(1, 11):
+        mask = magnitude_prune(weights(net), mask, kinds, LTH_RESNET)
+        p_m[level], prunable[level] = density_total(mask, shapes), density(mask)
+    assert [round(100 * p_m[lv], 1) for lv in (4, 6, 7, 10)] == [41.7, 27.1, 21.9, 11.8]
+    assert [round(100 * prunable[lv], 1) for lv in (4, 6, 7, 10)] == [41.0, 26.2, 21.0, 10.7]
+
+
+def test_density_total_equals_density_when_every_weight_is_prunable():
+    net = lenet()
+    kinds = layer_kinds(net)
+    shapes = {n: tuple(p.shape) for n, p in net.named_parameters() if n in kinds}
+    mask = magnitude_prune(weights(net), dense_mask(net, kinds, LTH_LENET), kinds, LTH_LENET, levels=3)
+    assert density_total(mask, shapes) == density(mask)
+    with pytest.raises(ValueError, match="not among the network's weights"):
+        density_total({**mask, "extra.weight": torch.ones(3, dtype=torch.bool)}, shapes)

@@ -30,6 +30,7 @@ Handler = Callable[[argparse.Namespace], Any]
 
 def register(subparsers: argparse._SubParsersAction) -> dict[str, Handler]:
     from .. import runtime
+    from ..config import COPIES
     from . import HessianConfig
 
     d = HessianConfig()
@@ -62,11 +63,13 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, Handler]:
                         "successive IMP levels: the sparser mask). Several = one path each (default: none)")
     runtime.add_arguments(p)
 
-    p = subparsers.add_parser("instability", help="LMC instability: interpolate pairs of SGD-noise copies (branch copy)")
+    p = subparsers.add_parser("instability", help="LMC instability: interpolate pairs of SGD-noise copies (config.COPIES)")
     p.add_argument("run_dir", type=Path, help="run directory")
     p.add_argument("--level", type=int, required=True, help="IMP level (0 = the dense network)")
     p.add_argument("--pairs", type=int, required=True, help="pairs r = 0..P-1, made of copies 2r and 2r+1")
-    p.add_argument("--branch", default="copy", help="branch holding the copies (default: copy)")
+    p.add_argument("--branch", default="copy", choices=list(COPIES),
+                   help="branch holding the copies: copy (of the IMP subnetwork) or a random baseline's "
+                        "(written to the table's branch column; default: copy)")
     _path_args(p)
     runtime.add_arguments(p)
     return {"hessian": cmd_hessian, "interpolate": cmd_interpolate, "instability": cmd_instability}

@@ -1,0 +1,75 @@
+"""The jobs table: what every job records, and what a table of older jobs says it does not know."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import yaml
+
+from ticketbench import config
+from ticketbench.report import tables
+
+from conftest import tiny_run
+
+
+def write_run(results, cfg: config.RunConfig, summaries: dict[str, dict], drop_reinit_start: bool = False):
+    """A run directory as the workflow lays it out, with hand-written job summaries (no training)."""
+    run = results / "runs" / cfg.name / f"seed{cfg.seeds.init}"
+    stored = yaml.safe_load(config.dump(cfg))
+    if drop_reinit_start:  # as written by the code before imp.reinit_start existed
+        del stored["imp"]["reinit_start"]
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(stored))
+    for job, s in summaries.items():
+        (run / job).mkdir(parents=True)
+        (run / job / "summary.json").write_text(json.dumps({"config_hash": cfg.hash(), **s}))
+    return run
+
+
+def job(branch: str, level: int, start: int, replicate: int | None = None, **recorded) -> dict:
+    return {"branch": branch, "level": level, "replicate": replicate, "start_step": start, "end_step": 40,
+            "density": 0.5, "final_test_acc": 0.9, **recorded}
+
+
+def test_jobs_record_both_densities_and_where_fresh_weights_started(tmp_path):
+    """A reinit trained from step 0 leaves rewind_step at k, though its branch sorts first."""
+    cfg = config.from_dict(tiny_run(imp={"levels": 1, "rewind": "5it", "reinit_start": "zero"}))
+    write_run(tmp_path, cfg, {
+        "copy_random_reinit/level_01/rep_0": job("copy_random_reinit", 1, 0, 0, density_total=0.6, reinit_start="zero"),
+        "imp/level_00": job("imp", 0, 0, density_total=1.0),
+        "imp/level_01": job("imp", 1, 5, density_total=0.6),
+        "random_reinit/level_01/rep_0": job("random_reinit", 1, 0, 0, density_total=0.6, reinit_start="zero"),
+    })
+    df = tables.jobs(tmp_path).set_index("job")
+    assert set(df["rewind_step"]) == {5}
+    assert df.loc["imp/level_01", "density_total"] == 0.6 and df.loc["imp/level_01", "density"] == 0.5
+    assert df.loc["random_reinit/level_01/rep_0", "reinit_start"] == "zero"
+    assert pd.isna(df.loc["imp/level_01", "reinit_start"])  # not a reinitialized network: empty
+    assert tables.unrecorded(df.reset_index()) == []
+
+
+def test_jobs_stored_before_the_new_columns_are_reported_as_unknown_not_filled_in(tmp_path):
+    cfg = config.from_dict(tiny_run(imp={"levels": 1, "rewind": "5it"}))
+    write_run(tmp_path, cfg, {"imp/level_00": job("imp", 0, 0), "imp/level_01": job("imp", 1, 5, density_total=0.6),
+                              "random_reinit/level_01/rep_0": job("random_reinit", 1, 5, 0)}, drop_reinit_start=True)
+    df = tables.jobs(tmp_path)
+    assert df["reinit_start"].isna().all()
+    assert tables.unrecorded(df) == [
+        "2 of 3 job(s) were stored before density_total was recorded; it is unknown for them",
+        "1 of 1 job(s) were stored before reinit_start was recorded; it is unknown for them"]
+    old_csv = df.drop(columns=["density_total", "reinit_start"])  # a jobs.csv written before the columns existed
+    assert [line.split(" were")[0] for line in tables.unrecorded(old_csv)] == ["3 of 3 job(s)", "1 of 1 job(s)"]
+
+
+def test_reinit_start_at_its_default_keeps_the_group_of_runs_stored_before_it(tmp_path):
+    """Runs that differ only in k share a group; a config.yaml written before reinit_start existed must join
+    the group of a new one at the default, and a 'zero' run must not."""
+    def group(name: str, rewind: str, drop: bool = False, **imp) -> str:
+        cfg = config.from_dict(tiny_run(name=name, imp={"levels": 1, "rewind": rewind, **imp}))
+        run = write_run(tmp_path / name, cfg, {"imp/level_00": job("imp", 0, 0)}, drop_reinit_start=drop)
+        return tables.run_info(run)["group"]
+
+    old = group("old", "5it", drop=True)
+    assert group("new", "5it") == old == group("new_k10", "10it")
+    assert group("zero", "5it", reinit_start="zero") != old
