@@ -155,7 +155,8 @@ def density_total(mask: Mask, weight_shapes: Mapping[str, Sequence[int]]) -> flo
         raise ValueError(f"mask names {unknown[0]!r}, which is not among the network's weights")
     wrong = [n for n in sorted(mask) if tuple(mask[n].shape) != tuple(weight_shapes[n])]
     if wrong:
-        raise ValueError(f"mask of {wrong[0]!r} has shape {tuple(mask[wrong[0]].shape)}, the weight {tuple(weight_shapes[wrong[0]])}")
+        n = wrong[0]
+        raise ValueError(f"mask of {n!r} has shape {tuple(mask[n].shape)}, its weight {tuple(weight_shapes[n])}")
     total = sum(math.prod(shape) for shape in weight_shapes.values())
     pruned = sum(m.numel() - int(m.sum()) for m in mask.values())
     return (total - pruned) / total if total else 1.0

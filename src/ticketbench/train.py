@@ -102,7 +102,8 @@ def fit(model: nn.Module, data: Data, cfg: RunConfig, job: Job, runtime: Runtime
     if summary_path.is_file():
         return json.loads(summary_path.read_text())
     config_hash = cfg.hash()
-    weight_shapes = {n: tuple(p.shape) for n, p in model.named_parameters() if n in layer_kinds(model)}
+    kinds = layer_kinds(model)
+    weight_shapes = {n: tuple(p.shape) for n, p in model.named_parameters() if n in kinds}
     device = data.test.x.device
     fmt = memory_format(model, runtime.memory_format)
     channels_last = fmt == torch.channels_last
