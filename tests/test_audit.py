@@ -108,3 +108,27 @@ def test_a_rewind_snapshot_other_than_the_one_trained_from_fails_the_start_check
                ("random_prune/level_02/rep_0", "start")}
     assert rewound <= bad
     assert ("imp/level_00", "start") not in bad  # the dense run starts from the initialization, not the snapshot
+
+
+def test_a_copy_of_the_random_pruning_is_audited_against_the_baseline_it_copies(tree, saleem_run):
+    """An SGD-noise copy of a random baseline starts from the rewind snapshot under that baseline's random
+    mask; a copy whose mask is another random draw of the same per-layer counts fails."""
+    _, config_path = tree
+    run = saleem_run / "runs" / "saleem_tiny" / "seed0"
+    assert synthetic_results.ticketbench(
+        "branch", str(config_path), "--experiment", "saleem_tiny", "--seed", "0", "--run-dir", str(run),
+        "--kind", "copy_random_prune", "--level", "2", "--replicate", "1", *RUNTIME) == 0
+    found = {(f.job, f.check): f for f in findings_of(saleem_run)}
+    assert found[("copy_random_prune/level_02/rep_1", "mask")].status == audit.OK
+    assert found[("copy_random_prune/level_02/rep_1", "start")].status == audit.OK
+
+    cfg_hash = json.loads((run / "imp" / "level_02" / "summary.json").read_text())["config_hash"]
+    stored = checkpoints.load(run / "random_prune" / "level_02" / "rep_0" / "mask.pt", kind="mask", config_hash=cfg_hash)
+    name = sorted(stored["mask"])[0]
+    flat = stored["mask"][name].flatten()
+    kept, pruned = torch.nonzero(flat)[0], torch.nonzero(~flat)[0]
+    flat[kept], flat[pruned] = False, True  # same counts, another pattern
+    stored["mask"][name] = flat.view_as(stored["mask"][name])
+    checkpoints.save(run / "random_prune" / "level_02" / "rep_0" / "mask.pt", stored, kind="mask", config_hash=cfg_hash)
+    bad = {(f.job, f.check): f.detail for f in audit.failures(findings_of(saleem_run))}
+    assert "differs from the random pruning of level 2" in bad[("copy_random_prune/level_02/rep_1", "mask")]

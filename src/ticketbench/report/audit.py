@@ -33,6 +33,8 @@ from typing import Any
 
 import pandas as pd
 
+from ..config import COPIES
+
 CHECKS = ("hash", "accuracy", "mask", "start")
 OK, FAIL, SKIP = "ok", "FAIL", "-"
 
@@ -106,8 +108,10 @@ def _audit_run(run: Any, name: str, atol: float) -> list[Finding]:
 
     kinds = run.kinds
     masks: dict[str, Any] = {}
-    # IMP jobs first: the other branches are checked against IMP's masks.
-    for summary_path in sorted(run.root.glob("*/level_*/**/summary.json"), key=lambda p: (p.parts[len(run.root.parts)] != "imp", p)):
+    # IMP jobs first, copies last: the other branches are checked against IMP's masks, copies of a random
+    # baseline against that baseline's.
+    rank = lambda p: (p.parts[len(run.root.parts)] != "imp", p.parts[len(run.root.parts)] in COPIES, p)  # noqa: E731
+    for summary_path in sorted(run.root.glob("*/level_*/**/summary.json"), key=rank):
         folder = summary_path.parent
         job = folder.relative_to(run.root).as_posix()
         s = json.loads(summary_path.read_text())
@@ -183,6 +187,7 @@ def _mask(run, name, job, s, final, stored, kinds, masks) -> Finding:
     if nonzero:
         bad.append(f"pruned weights are not zero in {nonzero[0]}")
     branch, level = s.get("branch"), s.get("level")
+    copied = COPIES.get(branch, branch)  # an SGD-noise copy has the mask of the network it copies
     dense = masks.get("imp/level_00")
     imp = masks.get(f"imp/level_{level:02d}") if level is not None else None
     kept = lambda m: [sum(int(m[n].sum()) for n in names) for names, _ in groups(m, kinds, run.cfg.prune)]  # noqa: E731
@@ -190,10 +195,13 @@ def _mask(run, name, job, s, final, stored, kinds, masks) -> Finding:
         want = prune_counts(dense, kinds, run.cfg.prune, levels=level)
         if kept(mask) != want:
             bad.append(f"kept weights per pruning group {kept(mask)}, the prune config implies {want} at level {level}")
-    elif branch == "random_prune" and imp is not None:
+    elif copied == "random_prune" and imp is not None:
         if {n: int(m.sum()) for n, m in mask.items()} != {n: int(m.sum()) for n, m in imp.items()}:
             bad.append(f"per-layer counts differ from IMP level {level}'s")
-    elif branch in ("random_reinit", "copy") and imp is not None:
+        baseline = masks.get(run.level_dir(level, "random_prune", 0).relative_to(run.root).as_posix())
+        if copied != branch and baseline is not None and any(not bool((mask[n] == baseline[n]).all()) for n in baseline):
+            bad.append(f"mask differs from the random pruning of level {level} it copies")
+    elif copied in ("random_reinit", "imp") and imp is not None:
         if any(not bool((mask[n] == imp[n]).all()) for n in imp):
             bad.append(f"mask differs from IMP level {level}'s")
     elif dense is None or imp is None:
@@ -205,10 +213,11 @@ def _start(run, name, job, s, folder, mask, rewind, atol) -> Finding:
     from ..checkpoints import CheckpointError
 
     branch, level = s.get("branch"), s.get("level")
+    copied = COPIES.get(branch, branch)  # an SGD-noise copy starts where the network it copies started
     state_of: Callable[[], dict] | None
     if branch == "imp" and level == 0:
         state_of, what = (lambda: run.model().state_dict()), "the initialization"
-    elif branch in ("imp", "random_prune", "oneshot", "copy"):
+    elif copied in ("imp", "random_prune", "oneshot"):
         if rewind is None:
             return Finding(name, job, "start", FAIL, "rewind.pt is missing or corrupt")
         state_of, what = (lambda: rewind["model"]), f"the rewind snapshot (step {rewind['step']})"
