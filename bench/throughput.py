@@ -139,18 +139,6 @@ def reference_transform(cfg: config.DataConfig) -> T.Compose:
 # --------------------------------------------------------------------------------------------------
 
 
-def masked_step(model: torch.nn.Module, opt: torch.optim.Optimizer, masked: masks.MaskedParameters,
-                x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """One update exactly as in ``train.fit``."""
-    loss = F.cross_entropy(model(x), y)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    masked.apply_to_gradients()
-    opt.step()
-    masked.apply_to_weights()
-    return loss.detach()
-
-
 class Setup:
     """One model's config, data, initial state and mask, shared by all of its loops."""
 
@@ -171,15 +159,12 @@ class Setup:
 
     def trainer(self, channels_last: bool, default_adam: bool = False) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         model = self.model()
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
+        masked, _ = train.prepare(model, self.state, self.mask, "cpu", "channels_last" if channels_last else "contiguous")
         model.train()
-        masked = masks.MaskedParameters(model, self.mask)
-        masked.apply_to_weights()
         tc = self.cfg.train
         opt = (torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay) if default_adam
                else train.make_optimizer(tc, model.parameters()))
-        return lambda x, y: masked_step(model, opt, masked, x, y)
+        return lambda x, y: train.masked_step(model, opt, masked, x, y, tc.lr)
 
 
 def _no_evaluation(*args: object, **kwargs: object) -> tuple[float, float]:

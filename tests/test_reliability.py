@@ -190,3 +190,38 @@ def test_a_kill_right_after_a_checkpoint_at_an_evaluation_step_resumes_identical
             assert all(torch.equal(a[k], b[k]) for k in a)
         else:
             assert got.read_text() == ref.read_text()
+
+
+def test_a_running_job_can_be_watched_and_a_finished_one_says_it_is_done(tmp_path, monkeypatch, caplog):
+    """Mid-run, metrics.csv already holds every evaluation so far (a reader can draw the curves) and the
+    log has one line per evaluation with the step, accuracy, speed and time left; a rerun of a finished
+    job trains nothing and says so."""
+    import logging
+
+    import pandas as pd
+
+    cfg = config.from_dict(tiny_run())
+    ds = data.load(cfg.data)
+    real_save = checkpoints.save
+
+    def save_then_die(path, payload, **kw):
+        real_save(path, payload, **kw)
+        if kw.get("kind") == "checkpoint" and payload["step"] == 25:
+            raise _Killed
+
+    run = Run(cfg, tmp_path / "run", ds, Runtime(device="cpu", progress=False, checkpoint_seconds=0))
+    caplog.set_level(logging.INFO, logger="ticketbench")
+    with monkeypatch.context() as mp:
+        mp.setattr(checkpoints, "save", save_then_die)
+        with pytest.raises(_Killed):
+            run.dense()
+    folder = tmp_path / "run" / "imp" / "level_00"
+    assert not (folder / "summary.json").exists()
+    assert list(pd.read_csv(folder / "metrics.csv")["step"]) == [0, 10, 20]
+    lines = [r.getMessage() for r in caplog.records if "ETA" in r.getMessage()]
+    assert len(lines) == 3 and "step 20/" in lines[-1] and "test acc" in lines[-1] and "img/s" in lines[-1]
+
+    run.dense()
+    caplog.clear()
+    run.dense()
+    assert any("already done" in r.getMessage() for r in caplog.records)

@@ -13,6 +13,7 @@ The loop is deliberately small. What it guarantees:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import signal
 import time
@@ -35,6 +36,7 @@ from .masks import Mask, MaskedParameters, density, density_total
 from .models import layer_kinds, layout_name, memory_format
 from .runtime import Runtime
 
+log = logging.getLogger("ticketbench")
 METRIC_COLUMNS = ["step", "epoch", "lr", "train_loss", "val_loss", "val_acc", "test_loss", "test_acc"]
 
 
@@ -95,97 +97,142 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1000, channels_la
     return float(loss) / n, float(correct) / n
 
 
+def prepare(model: nn.Module, state: dict[str, torch.Tensor], mask: Mask, device: torch.device | str,
+            layout: str) -> tuple[MaskedParameters, torch.memory_format]:
+    """Put a network where and how a job runs it: on ``device``, in the memory layout
+    ``models.memory_format`` allows for the requested ``layout``, with ``state`` loaded and the pruned
+    weights zeroed. Training, the audit's re-evaluations and the benchmarks all go through here, so a
+    network is never re-evaluated in a preparation that differs from the one it was trained in."""
+    fmt = memory_format(model, layout)
+    model.to(device, memory_format=fmt)
+    model.load_state_dict(state)
+    masked = MaskedParameters(model, mask)
+    masked.apply_to_weights()
+    return masked, fmt
+
+
+def masked_step(model: nn.Module, opt: torch.optim.Optimizer, masked: MaskedParameters, x: torch.Tensor,
+                y: torch.Tensor, lr: float) -> torch.Tensor:
+    """One update of a pruned network at learning rate ``lr``: gradients are masked before the step and
+    weights after it, so pruned weights are exactly zero after every step (weight decay and momentum
+    would otherwise revive them). Returns the batch's training loss (detached)."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    masked.apply_to_gradients()
+    opt.step()
+    masked.apply_to_weights()
+    return loss.detach()
+
+
+@dataclass
+class _Position:
+    """Where a job stands: what a checkpoint stores besides the model and optimizer."""
+
+    step: int
+    rows: list[dict[str, Any]]
+    loss_sum: torch.Tensor
+    """Running training loss (float64) since the last evaluation, over ``loss_n`` steps."""
+    loss_n: int
+    evaluated: bool
+    """The step's snapshot and evaluation are done (true right after resuming from a checkpoint of it)."""
+
+
 def fit(model: nn.Module, data: Data, cfg: RunConfig, job: Job, runtime: Runtime, eval_every: int) -> dict[str, Any]:
     """Run ``job`` to completion (or resume it) and return its summary. Idempotent: a finished job
     returns its stored summary without training."""
     summary_path = job.out / "summary.json"
     if summary_path.is_file():
+        log.info("%s: already done, %s holds its summary", job.label, summary_path)
         return json.loads(summary_path.read_text())
-    config_hash = cfg.hash()
-    kinds = layer_kinds(model)
-    weight_shapes = {n: tuple(p.shape) for n, p in model.named_parameters() if n in kinds}
     device = data.test.x.device
-    fmt = memory_format(model, runtime.memory_format)
-    channels_last = fmt == torch.channels_last
-    model.to(device, memory_format=fmt)
-    model.load_state_dict(job.state)
-    masked = MaskedParameters(model, job.mask)
-    masked.apply_to_weights()
+    weight_shapes = {n: tuple(p.shape) for n, p in model.named_parameters() if n in layer_kinds(model)}
+    masked, fmt = prepare(model, job.state, job.mask, device, runtime.memory_format)
     opt = make_optimizer(cfg.train, model.parameters())
     if job.optimizer_state is not None:
         opt.load_state_dict(job.optimizer_state)
-    step, rows = job.start, []
-    resumed_loss = (0.0, 0)
+    pos = _resume(model, opt, job, cfg.hash(), device)
+    first, t0 = pos.step, time.monotonic()
+    _loop(model, opt, masked, data, cfg, job, runtime, eval_every, fmt == torch.channels_last, pos)
+    elapsed = time.monotonic() - t0
+    speed = (pos.step - first) * cfg.train.batch_size / elapsed if pos.step > first and elapsed > 0 else None
+    return _finish(model, data, cfg, job, pos, fmt, weight_shapes, speed)
 
+
+def _resume(model: nn.Module, opt: torch.optim.Optimizer, job: Job, config_hash: str, device: torch.device) -> _Position:
+    """The job's position: from its checkpoint if one exists (model and optimizer restored), else its start."""
     ckpt_path = job.out / "checkpoint.pt"
+    if not ckpt_path.is_file():
+        return _Position(job.start, [], torch.zeros((), dtype=torch.float64, device=device), 0, False)
+    ck = checkpoints.load(ckpt_path, kind="checkpoint", config_hash=config_hash, map_location=device)
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    if not job.start <= ck["step"] <= job.end:
+        raise checkpoints.CheckpointError(f"{ckpt_path}: step {ck['step']} is outside this job ({job.start}-{job.end}); delete it")
+    loss_sum, loss_n = ck["train_loss"]  # the running training loss since the last evaluation
+    log.info("%s: resuming from %s at step %d", job.label, ckpt_path, ck["step"])
     # A checkpoint of step s is written after s's snapshot and evaluation: resuming from it must not
     # repeat them (a second metrics row for s, with no training loss behind it).
-    step_started = ckpt_path.is_file()
-    if step_started:
-        ck = checkpoints.load(ckpt_path, kind="checkpoint", config_hash=config_hash, map_location=device)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        step, rows = ck["step"], ck["rows"]
-        resumed_loss = ck["train_loss"]  # the running training loss since the last evaluation
-        if not job.start <= step <= job.end:
-            raise checkpoints.CheckpointError(f"{ckpt_path}: step {step} is outside this job ({job.start}-{job.end}); delete it")
+    return _Position(ck["step"], ck["rows"], torch.tensor(loss_sum, dtype=torch.float64, device=device), loss_n, True)
 
-    def save_checkpoint() -> None:
-        checkpoints.save(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "rows": rows,
-                                     "train_loss": (float(loss_sum), loss_n)}, kind="checkpoint", config_hash=config_hash)
 
+def _loop(model: nn.Module, opt: torch.optim.Optimizer, masked: MaskedParameters, data: Data, cfg: RunConfig,
+          job: Job, runtime: Runtime, eval_every: int, channels_last: bool, pos: _Position) -> None:
+    """Train from ``pos`` to the job's end, evaluating, snapshotting and checkpointing on the way."""
+    ckpt_path, config_hash = job.out / "checkpoint.pt", cfg.hash()
     batches = Batches(data, cfg.train.batch_size, job.data_order_seed, job.augmentation_seed, channels_last)
-    loss_sum = torch.tensor(resumed_loss[0], dtype=torch.float64, device=device)
-    loss_n = resumed_loss[1]
+    watch = _Watch(job, pos.step, cfg.train.batch_size)
     term = _SigtermFlag()
     last_ckpt = time.monotonic()
-    t0, first = time.monotonic(), step
     model.train()
-    bar = tqdm(total=job.end - job.start, initial=step - job.start, desc=job.label, unit="it",
+    bar = tqdm(total=job.end - job.start, initial=pos.step - job.start, desc=job.label, unit="it",
                disable=not runtime.progress, mininterval=1.0, dynamic_ncols=True)
     with term:
         while True:
-            if step in job.snapshots and job.on_snapshot is not None and not step_started:
+            step = pos.step
+            if step in job.snapshots and job.on_snapshot is not None and not pos.evaluated:
                 job.on_snapshot(step, model, opt)
-            if (step % eval_every == 0 or step in (job.start, job.end)) and not step_started:
-                if loss_n:
-                    _check_finite(float(loss_sum), job.label, step, job.out)
-                rows.append(_metrics_row(model, data, step, batches.per_epoch, job.lr(step),
-                                         float(loss_sum / loss_n) if loss_n else math.nan, channels_last))
-                loss_sum.zero_()
-                loss_n = 0
-                if not math.isfinite(rows[-1]["test_loss"]):
+            if (step % eval_every == 0 or step in (job.start, job.end)) and not pos.evaluated:
+                if pos.loss_n:
+                    _check_finite(float(pos.loss_sum), job.label, step, job.out)
+                pos.rows.append(_metrics_row(model, data, step, batches.per_epoch, job.lr(step),
+                                             float(pos.loss_sum / pos.loss_n) if pos.loss_n else math.nan, channels_last))
+                pos.loss_sum.zero_()
+                pos.loss_n = 0
+                if not math.isfinite(pos.rows[-1]["test_loss"]):
                     raise TrainingDiverged(f"{job.label}: test loss is not finite at step {step}; the weights diverged "
                                            f"(last good checkpoint kept in {job.out})")
+                watch.evaluated(pos.rows)
             if step == job.end:
                 break
             if term.raised or time.monotonic() - last_ckpt > runtime.checkpoint_seconds:
-                if loss_n:  # never checkpoint a diverged state
-                    _check_finite(float(loss_sum), job.label, step, job.out)
-                save_checkpoint()
+                if pos.loss_n:  # never checkpoint a diverged state
+                    _check_finite(float(pos.loss_sum), job.label, step, job.out)
+                checkpoints.save(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                                             "rows": pos.rows, "train_loss": (float(pos.loss_sum), pos.loss_n)},
+                                 kind="checkpoint", config_hash=config_hash)
                 last_ckpt = time.monotonic()
                 if term.raised:
                     bar.close()
                     raise Preempted(f"{job.label}: SIGTERM at step {step}; checkpoint written to {ckpt_path}, rerun to resume")
-            step_started = False
+            pos.evaluated = False
             x, y = batches[step]
-            for group in opt.param_groups:
-                group["lr"] = job.lr(step)
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            masked.apply_to_gradients()
-            opt.step()
-            masked.apply_to_weights()
-            loss_sum += loss.detach().double()
-            loss_n += 1
-            step += 1
+            pos.loss_sum += masked_step(model, opt, masked, x, y, job.lr(step)).double()
+            pos.loss_n += 1
+            pos.step += 1
             bar.update(1)
     bar.close()
-    elapsed = time.monotonic() - t0
 
-    train_loss, train_acc = evaluate(model, data.train_unpadded(), channels_last=channels_last)
+
+def _finish(model: nn.Module, data: Data, cfg: RunConfig, job: Job, pos: _Position, fmt: torch.memory_format,
+            weight_shapes: dict[str, tuple[int, ...]], images_per_second: float | None) -> dict[str, Any]:
+    """Store the trained network, its metrics and its summary (written last: it marks the job done)."""
+    train_loss, train_acc = evaluate(model, data.train_unpadded(), channels_last=fmt == torch.channels_last)
+    rows = pos.rows
     metrics = pd.DataFrame(rows, columns=METRIC_COLUMNS)
+    config_hash = cfg.hash()
     summary = {
         **job.extra,
         "config_hash": config_hash,
@@ -199,14 +246,43 @@ def fit(model: nn.Module, data: Data, cfg: RunConfig, job: Job, runtime: Runtime
         "final_test_loss": rows[-1]["test_loss"],
         "final_test_acc": rows[-1]["test_acc"],
         **early_stop(metrics),
-        "images_per_second": (step - first) * cfg.train.batch_size / elapsed if step > first and elapsed > 0 else None,
+        "images_per_second": images_per_second,
     }
     checkpoints.save(job.out / "final.pt", {"model": model.state_dict()}, kind="model", config_hash=config_hash)
     atomic_write(job.out / "metrics.csv", metrics.to_csv(index=False))
     summary["model_sha256"] = checkpoints.sha256_of(job.out / "final.pt")
-    atomic_write(summary_path, json.dumps(summary, indent=2) + "\n")  # written last: marks the job done
-    ckpt_path.unlink(missing_ok=True)
+    atomic_write(job.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    (job.out / "checkpoint.pt").unlink(missing_ok=True)
     return summary
+
+
+class _Watch:
+    """What a running job shows: every evaluation's row appended to ``metrics.csv`` (rewritten atomically,
+    so a reader never sees half a row) and one log line with the step, losses, accuracies, speed and the
+    time left, so a job can be watched with ``tail -f`` of its log and its curves drawn mid-run."""
+
+    def __init__(self, job: Job, step: int, batch_size: int) -> None:
+        self.job, self.batch_size = job, batch_size
+        self.t0, self.step0 = time.monotonic(), step
+
+    def evaluated(self, rows: list[dict[str, Any]]) -> None:
+        job, row = self.job, rows[-1]
+        atomic_write(job.out / "metrics.csv", pd.DataFrame(rows, columns=METRIC_COLUMNS).to_csv(index=False))
+        done, elapsed = row["step"] - self.step0, time.monotonic() - self.t0
+        speed = done / elapsed if done > 0 and elapsed > 0 else math.nan
+        eta = (job.end - row["step"]) / speed if math.isfinite(speed) and speed > 0 else math.nan
+        val = f" val acc {row['val_acc']:.4f}" if math.isfinite(row["val_acc"]) else ""
+        log.info("%s: step %d/%d train loss %.4f%s test acc %.4f, %s img/s, ETA %s", job.label, row["step"], job.end,
+                 row["train_loss"], val, row["test_acc"], f"{speed * self.batch_size:,.0f}" if math.isfinite(speed) else "-",
+                 _duration(eta))
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "-"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 def early_stop(metrics: pd.DataFrame) -> dict[str, Any]:

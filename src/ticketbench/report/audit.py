@@ -143,17 +143,11 @@ def evaluate_state(run: Any, state: dict, mask: dict, layout: str) -> tuple[floa
     memory layout the job recorded (another layout rounds differently)."""
     import torch
 
-    from ..masks import MaskedParameters
-    from ..models import memory_format
-    from ..train import evaluate
+    from ..train import evaluate, prepare
 
     net = run.model()
-    fmt = memory_format(net, layout)
-    channels_last = fmt == torch.channels_last
-    net.to(run.data.test.x.device, memory_format=fmt)
-    net.load_state_dict(state)
-    MaskedParameters(net, mask).apply_to_weights()
-    return evaluate(net, run.data.test, channels_last=channels_last)
+    _, fmt = prepare(net, state, mask, run.data.test.x.device, layout)
+    return evaluate(net, run.data.test, channels_last=fmt == torch.channels_last)
 
 
 def _layout(summary: dict) -> str:
