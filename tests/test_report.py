@@ -1,7 +1,7 @@
 """The reviewer-facing report: tidy tables, figures, and claims whose verdicts follow the data.
 
 The end-to-end tests read a tiny results tree trained with the CLI (tests/synthetic_results.py); the
-claim measures are checked on hand-made tables whose answers are known."""
+claim measures are specified in tests/test_claims.py."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from ticketbench.report import claims, document, figures, tables
 
 REPO = Path(__file__).resolve().parents[1]
 CLAIMS = REPO / "config" / "claims.yaml"
-SHARED_CLAIMS = REPO.parent / "shared" / "papers" / "reported_claims.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -119,7 +119,8 @@ class Result:
         fmt = _fmt(self.unit_label)
         spread = f" (min {fmt(v.min())}, max {fmt(v.max())}; n = {len(v)})" if len(v) > 1 else " (n = 1)"
         extra = f"; {self.detail}" if self.detail else ""
-        noise = f"; noise ± {fmt(self.noise).lstrip('+')}" if self.noise is not None else ""
+        noise = f"; noise ± {fmt(self.noise).lstrip('+')}" if self.noise is not None else \
+            f"; range {fmt(self.interval[0])} to {fmt(self.interval[1])}" if self.interval is not None else ""
         return f"{fmt(v.mean())} {self.unit_label}{spread}{noise}{extra}"
 
 
@@ -399,8 +400,10 @@ def _noise(values: list[float], error: float) -> float:
 
 def _reinit_note(chk: dict[str, Any], unit: pd.DataFrame) -> str:
     """Which random reinitialization a verdict comparing with it rests on (``reinit_start``)."""
-    if "random_reinit" not in {(chk.get(k) or {}).get("branch") for k in ("a", "b", "of")}:
+    if "random_reinit" not in {(chk.get(k) or {}).get("branch") for k in ("a", "b", "of") if isinstance(chk.get(k), dict)}:
         return ""
+    if set(unit["rewind_step"].dropna()) <= {0}:
+        return "random reinit: k = 0, so training from k and from 0 coincide"
     if "reinit_start" not in unit.columns:
         return "random reinit start not recorded (results made before reinit_start; re-run the tables)"
     starts = sorted(set(unit.loc[unit["branch"] == "random_reinit", "reinit_start"].dropna()))
@@ -411,10 +414,10 @@ def _reinit_note(chk: dict[str, Any], unit: pd.DataFrame) -> str:
 
 
 def _no_runs(sel: dict[str, Any]) -> str:
-    if sel.get("protocol"):
-        return f"no run matches protocol '{sel['protocol_name']}'"
-    what = " ".join(filter(None, [sel.get("family"), "experiment"]))
     has = f" with {' and '.join(sel['branches'])}" if sel.get("branches") else ""
+    if sel.get("protocol"):
+        return f"no run matches protocol '{sel['protocol_name']}'{has}"
+    what = " ".join(filter(None, [sel.get("family"), "experiment"]))
     return f"no {what}{has} in these results"
 
 
@@ -692,9 +695,12 @@ def _operands(chk: dict[str, Any], unit: pd.DataFrame, names: tuple[str, ...], c
 def _density_note(chk: dict[str, Any], unit: pd.DataFrame, level: int, metric: str) -> str:
     col = DENSITY_COLUMNS[chk.get("density", "prunable")]
     rows = unit.loc[(unit["branch"] == "imp") & (unit["level"] == level)]
-    d = rows[col].mean() if col in rows.columns else math.nan
+    if col not in rows.columns or rows[col].isna().all():
+        col = "density"  # only says where the level lies, in the definition named
+    d = rows[col].mean()
     name = {"early_stop_test_acc": "test accuracy at early stop", "final_test_acc": "final test accuracy"}.get(metric, metric)
-    what = "% of all weights remaining" if col == "density_total" else "% remaining"
+    what = "% of all weights remaining" if col == "density_total" else \
+        "% of prunable weights remaining" if chk.get("density") == "total" else "% remaining"
     return f"level {level} ({100 * d:.3g}{what}), {name}" if math.isfinite(d) else f"level {level}, {name}"
 
 
