@@ -416,13 +416,14 @@ def test_an_unknown_density_definition_is_refused(tmp_path):
 
 
 def test_a_verdict_on_random_reinit_says_which_one_and_uses_the_papers():
-    jobs = frame(lth_rows([0.90, 0.91, 0.92], [0.89, 0.85]))
+    jobs = frame(lth_rows([0.90, 0.91, 0.92], [0.89, 0.85], k=100))
     jobs["reinit_start"] = jobs["branch"].map({"random_reinit": "rewind"})
     chk = check("difference", {"op": ">", "value": 0}, at="sparsest", a={"branch": "imp"}, b={"branch": "random_reinit"})
     res = run(chk, jobs)
     assert "trained from k to T (reinit_start rewind)" in res.detail and "the paper does not say which" in res.detail
     assert run({**chk, "reinit_start": "zero"}, jobs).verdict == claims.NOT_RUN
     assert "before reinit_start" in run(chk, jobs.drop(columns="reinit_start")).detail
+    assert "coincide" in run(chk, jobs.assign(rewind_step=0)).detail  # k = 0: both definitions are one
     (lmc,) = [c for c in claims.load(CLAIMS) if c["id"] == "lmc-random-baselines"]
     assert lmc["reinit_start"] == "rewind"
 

@@ -20,15 +20,19 @@ Check vocabulary (config/claims.yaml documents the fields once more for its read
 - ``select``: ``family``, ``branches`` the experiment must have trained, and/or ``protocol`` (names of
   ``protocols``: dotted run-config keys that must equal the paper's values);
 - ``at``: the level compared: ``{level: L}``, ``{density: d}`` (the IMP level nearest to d, within a
-  factor ``DENSITY_MATCH``) or ``sparsest`` (the highest pruned level every operand reached in every seed);
+  factor ``DENSITY_MATCH``, in the claim's density definition :data:`DENSITY_COLUMNS`) or ``sparsest``
+  (the highest pruned level every operand reached in every seed);
 - operands ``of`` / ``a`` / ``b``: ``{branch, rewind}``, a branch's ``metric`` (a summary.json column;
   ``auto`` = test accuracy at early stop where there is a validation split, else at the end), of the
   runs rewound to ``rewind`` (``min``, ``max`` or a step k) where the unit sweeps k;
 - measures: ``value``, ``difference`` (a - b), ``ratio`` (a / b), ``versus_dense`` (of against the
   dense net), ``best`` (the best or worst pruned level against the dense net), ``last_density`` (the
   density down to which every level keeps a condition against the dense net), ``barrier``
-  (instability), ``barrier_trend`` (barrier at the smallest k minus at the largest k), ``onset``
-  (smallest k with a barrier below a threshold), ``successive_iff_matching`` (Paul et al. 2023);
+  (instability of the SGD-noise copies of ``of.branch``: ``copy`` = the IMP network, default, or
+  ``copy_random_prune`` / ``copy_random_reinit``), ``barrier_trend`` (barrier at the smallest k minus at
+  the largest k), ``onset`` (smallest k whose mean barrier over all pairs is below a threshold),
+  ``successive_iff_matching`` (Paul et al. 2023; ``masks`` that must all show a zero barrier,
+  ``max_density`` of the levels the claim is about);
 - ``expect``: ``{op: '>'|'>='|'<'|'<=', value}``, ``{op: within, value, tol}`` or
   ``{op: within_factor, value, factor}``.
 """
