@@ -273,12 +273,17 @@ def sweep_jobs(ks, seeds=(0,)) -> pd.DataFrame:
 
 
 def test_never_stable_up_to_the_largest_k_is_not_reproduced_and_says_so():
-    jobs = sweep_jobs((0, 100, 500))
-    inst = pd.concat([path(f"k{k}", k, 0, [0.1, 0.4, 0.1]) for k in (0, 100, 500)])
+    ks = (0, 100, 500, 1000)
+    jobs = sweep_jobs(ks)
+    inst = pd.concat([path(f"k{k}", k, 0, [0.1, 0.4, 0.1]) for k in ks])
     onset = check("onset", {"op": "within_factor", "value": 500, "factor": 1.5}, at={"level": 0}, threshold=2.0)
-    res = run(onset, jobs, analyses={"instability": inst})
-    assert res.verdict == claims.NOT_REPRODUCED and "not stable up to k = 500" in res.detail
+    res = run(onset, jobs, analyses={"instability": inst})  # the onset is beyond 1000, outside 333..750
+    assert res.verdict == claims.NOT_REPRODUCED and "not stable up to k = 1000" in res.detail
     assert claims.unit_of(onset) == "iterations"
+    short = run(onset, jobs[jobs["rewind_step"] <= 500], analyses={"instability": inst[inst["rewind_step"] <= 500]})
+    assert short.verdict == claims.INCONCLUSIVE and "not stable up to k = 500" in short.detail  # 600 would match
+    later = run({**onset, "expect": {"op": ">", "value": 100}}, jobs, analyses={"instability": inst})
+    assert later.verdict == claims.REPRODUCED  # "stable only after k = 100" holds: the onset is beyond 1000
 
 
 def test_the_lmc_onset_is_the_first_k_where_the_mean_barrier_over_all_pairs_is_under_the_threshold():

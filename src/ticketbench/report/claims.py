@@ -62,7 +62,8 @@ DECIDED = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
 NOISE_Z = 2.0
 NOISE_RULE = (
     "Every computed check has a range: its mean over seeds ± " + f"{NOISE_Z:g}" + " x its noise (an onset: the "
-    "rewind points between which the mean barrier first falls under the threshold). A check is reproduced "
+    "rewind points between which the mean barrier over all pairs first falls under the threshold, or above the "
+    "largest k run if it never does). A check is reproduced "
     "when the whole range meets the expectation (for within / within_factor: lies inside the tolerance "
     "band), not reproduced when none of it does, else inconclusive. Noise of a mean of n values = "
     "max(seed spread, measurement error): seed spread = sample standard deviation / sqrt(n) (n >= 2); "
@@ -361,11 +362,11 @@ def decide(expect: dict[str, Any], m: Measured) -> tuple[str, tuple[float, float
     """The verdict of :data:`NOISE_RULE` on the measured range, the range, and a note where no noise
     was definable."""
     mean = float(np.mean(m.values)) if m.values else math.nan
-    if not math.isfinite(mean):
-        return NOT_REPRODUCED, None, ""
     note = ""
-    if m.interval is not None:
+    if m.interval is not None:  # may be open-ended: never stable up to the largest k puts an onset above it
         lo, hi = m.interval
+    elif not math.isfinite(mean):
+        return NOT_REPRODUCED, None, ""
     elif m.noise is not None and math.isfinite(m.noise):
         lo, hi = mean - NOISE_Z * m.noise, mean + NOISE_Z * m.noise
     else:
@@ -467,16 +468,6 @@ def _join(a: str, b: str) -> str:
 def kind_of(chk: dict[str, Any]) -> str:
     """:data:`QUANTITATIVE` when the check compares with the paper's value, else :data:`DIRECTION`."""
     return QUANTITATIVE if chk["expect"]["op"] in ("within", "within_factor") else DIRECTION
-
-
-def _expect(e: dict[str, Any], x: float) -> bool:
-    if not math.isfinite(x):
-        return False
-    if e["op"] == "within":
-        return abs(x - e["value"]) <= e["tol"] + 1e-9
-    if e["op"] == "within_factor":
-        return x > 0 and abs(math.log(x / e["value"])) <= math.log(e["factor"]) + 1e-9
-    return OPS[e["op"]](x, e["value"])
 
 
 def _fmt(unit: str):
