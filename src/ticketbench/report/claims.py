@@ -6,9 +6,13 @@ that differ only in the rewind point k (the Stabilizing/LMC sweeps). Within a un
 computed once per seed, and the claim's expectation is tested on the mean over seeds; the report
 shows mean, min and max over seeds and n. The verdict is
 
-- ``reproduced`` / ``not reproduced``: the unit's data exists and the expectation holds / fails;
-- ``not run at this scale``: no run matches the claim's protocol, the levels do not reach the claim's
-  density, or the analysis it needs was not run (the reason is given);
+- ``reproduced`` / ``not reproduced`` / ``inconclusive``: the unit's data exists and the expectation
+  holds / fails by more than the noise, or the noise cannot tell (:data:`NOISE_RULE`);
+- ``not run at this scale``: config/config.yaml has an experiment the check selects and these results
+  do not, the levels do not reach the claim's density, or the analysis it needs was not run (the reason
+  is given);
+- ``no experiment in the suite``: no experiment of config/config.yaml is selected by the check, so no
+  scale of the suite can test it;
 - ``not checked``: the suite does not measure this quantity at any scale (e.g. ImageNet, L2 distances).
 
 Check vocabulary (config/claims.yaml documents the fields once more for its readers):
@@ -16,15 +20,19 @@ Check vocabulary (config/claims.yaml documents the fields once more for its read
 - ``select``: ``family``, ``branches`` the experiment must have trained, and/or ``protocol`` (names of
   ``protocols``: dotted run-config keys that must equal the paper's values);
 - ``at``: the level compared: ``{level: L}``, ``{density: d}`` (the IMP level nearest to d, within a
-  factor ``DENSITY_MATCH``) or ``sparsest`` (the highest pruned level every operand reached in every seed);
+  factor ``DENSITY_MATCH``, in the claim's density definition :data:`DENSITY_COLUMNS`) or ``sparsest``
+  (the highest pruned level every operand reached in every seed);
 - operands ``of`` / ``a`` / ``b``: ``{branch, rewind}``, a branch's ``metric`` (a summary.json column;
   ``auto`` = test accuracy at early stop where there is a validation split, else at the end), of the
   runs rewound to ``rewind`` (``min``, ``max`` or a step k) where the unit sweeps k;
 - measures: ``value``, ``difference`` (a - b), ``ratio`` (a / b), ``versus_dense`` (of against the
   dense net), ``best`` (the best or worst pruned level against the dense net), ``last_density`` (the
   density down to which every level keeps a condition against the dense net), ``barrier``
-  (instability), ``barrier_trend`` (barrier at the smallest k minus at the largest k), ``onset``
-  (smallest k with a barrier below a threshold), ``successive_iff_matching`` (Paul et al. 2023);
+  (instability of the SGD-noise copies of ``of.branch``: ``copy`` = the IMP network, default, or
+  ``copy_random_prune`` / ``copy_random_reinit``), ``barrier_trend`` (barrier at the smallest k minus at
+  the largest k), ``onset`` (smallest k whose mean barrier over all pairs is below a threshold),
+  ``successive_iff_matching`` (Paul et al. 2023; ``masks`` that must all show a zero barrier,
+  ``max_density`` of the levels the claim is about);
 - ``expect``: ``{op: '>'|'>='|'<'|'<=', value}``, ``{op: within, value, tol}`` or
   ``{op: within_factor, value, factor}``.
 """
@@ -33,6 +41,7 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,16 +60,26 @@ opposed to NOT_RUN: the suite has such an experiment and the results at hand do 
 DECIDED = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
 """The verdicts of a check that was computed on data (the others say why it was not)."""
 NOISE_Z = 2.0
-NOISE_RULE = ("A direction check on test accuracies (>, >=, <, <= on an accuracy in % or on a difference of two "
-              "accuracies in pp) is decided only when its mean over seeds clears the threshold by more than "
-              f"{NOISE_Z:g} x its noise, else it is inconclusive. Noise = max(seed spread, binomial error) of the "
-              "mean of n values: seed spread = sample standard deviation / sqrt(n) (n >= 2), binomial error = "
-              "100 sqrt(k p (1 - p) / N) / sqrt(n), with p the mean accuracy of the runs involved, N their test-set "
-              "size, k = 2 for a difference of two accuracies and 1 for one accuracy.")
-"""The noise floor of a verdict (issue "Verdicts a reviewer can trust"). The binomial term is how much one
-network's accuracy on N test images moves by chance; it is what a single seed cannot tell apart from an
-effect (the quick run's "+0.50 pp on 2,000 images, one seed" was +0.5 pp on one machine and -0.05 pp on
-another). Quantitative checks (within, within_factor) and other measures are decided as before."""
+NOISE_RULE = (
+    "Every computed check has a range: its mean over seeds ± " + f"{NOISE_Z:g}" + " x its noise (an onset: the "
+    "rewind points between which the mean barrier over all pairs first falls under the threshold, or above the "
+    "largest k run if it never does). A check is reproduced "
+    "when the whole range meets the expectation (for within / within_factor: lies inside the tolerance "
+    "band), not reproduced when none of it does, else inconclusive. Noise of a mean of n values = "
+    "max(seed spread, measurement error): seed spread = sample standard deviation / sqrt(n) (n >= 2); "
+    "measurement error / sqrt(n), where a test accuracy p on N test images has binomial error "
+    "100 sqrt(p (1 - p) / N) (a difference of two: sqrt 2 times that; a ratio a / b: (a / b) x the root sum "
+    "of squares of the relative errors), an early-stopping iteration has the eval interval, and an error "
+    "barrier (peak minus the mean of the endpoints) has 100 sqrt(1.5 p (1 - p) / N) with p the mean test "
+    "error of the points involved, and its spread is taken over all pairs of all seeds; a trend of two "
+    "barriers combines their noises in quadrature; a last density is known to one pruning level (its range "
+    "reaches the next level's density). Where no noise is definable the row says so and the verdict rests "
+    "on the mean.")
+"""The noise floor of a verdict (issue 11). The binomial term is how much one network's accuracy on N
+test images moves by chance; it is what a single seed cannot tell apart from an effect (the quick run's
+"+0.50 pp on 2,000 images, one seed" was +0.5 pp on one machine and -0.05 pp on another). The same range
+decides quantitative checks: a mean inside the paper's tolerance by less than its noise could as well be
+outside it."""
 DENSITY_MATCH = 1.12
 """A claim "at P_m = d" uses the IMP level whose density is within this factor of d (about half of one
 20 % pruning step), else the claim is not run at this scale."""
@@ -94,6 +113,8 @@ class Result:
     detail: str = ""
     noise: float | None = None
     """The noise of the mean (:data:`NOISE_RULE`), in the check's unit, where the rule applies."""
+    interval: tuple[float, float] | None = None
+    """The range the verdict was decided on (:data:`NOISE_RULE`), in the check's unit."""
 
     def summary(self) -> str:
         """mean (min..max, n) in the check's unit, or the reason it was not computed."""
@@ -103,17 +124,87 @@ class Result:
         fmt = _fmt(self.unit_label)
         spread = f" (min {fmt(v.min())}, max {fmt(v.max())}; n = {len(v)})" if len(v) > 1 else " (n = 1)"
         extra = f"; {self.detail}" if self.detail else ""
-        noise = f"; noise ± {fmt(self.noise).lstrip('+')}" if self.noise is not None else ""
+        noise = f"; noise ± {fmt(self.noise).lstrip('+')}" if self.noise is not None else \
+            f"; range {fmt(self.interval[0])} to {fmt(self.interval[1])}" if self.interval is not None else ""
         return f"{fmt(v.mean())} {self.unit_label}{spread}{noise}{extra}"
 
 
+DENSITY_COLUMNS = {"prunable": "density", "total": "density_total"}
+"""A claim's ``density`` key: which fraction "% remaining" means. ``prunable`` (the suite's ``density``)
+counts the weights pruning may remove; ``total`` (``density_total``) counts every weight of the network,
+as the LTH paper's P_m does (its ResNet's 41.7 / 27.1 / 21.9 / 11.8 % include the unpruned shortcut and
+output weights)."""
+ONSET_QUANTITY = re.compile(r"^(rewind )?iteration at which")
+"""A claim whose quantity is an iteration (an onset): each of its checks reports an iteration, or says in
+its label that it tests a direction only (a barrier in pp is not the paper's quantity)."""
+REINIT_STARTS = ("rewind", "zero")
+"""A random_reinit job's ``reinit_start``: trained from the rewind step k to T (open_lth's default) or
+from 0 to T; a claim's ``reinit_start`` key names the paper's, where the paper says."""
+
+
+@dataclass(frozen=True)
+class SuiteExperiment:
+    """One experiment of config/config.yaml as a selector sees it: its family, the branches the
+    workflow trains for it, and its run config (the workflow's resolution, seed 0's)."""
+
+    family: str
+    branches: frozenset[str]
+    run: dict[str, Any]
+
+
+def suite(workflow_config: Path) -> dict[str, SuiteExperiment]:
+    """The paper-scale experiments (``config/config.yaml``), so that a check no experiment selects is
+    told apart from one whose experiment these results lack. Run configs are resolved as the workflow
+    resolves them (:func:`config.experiment_run`); the branches follow the experiment's keys as
+    ``workflow/rules/common.smk`` reads them."""
+    from ..config import experiment_run
+
+    experiments = (yaml.safe_load(Path(workflow_config).read_text()) or {}).get("experiments") or {}
+    out = {}
+    for exp, spec in experiments.items():
+        seeds = spec.get("seeds") or [0]
+        run = experiment_run(spec, exp, int(seeds[0]), str(workflow_config)).to_dict()
+        out[exp] = SuiteExperiment(spec.get("family", ""), frozenset(_suite_branches(spec)), run)
+    return out
+
+
+def paper_suite(claims_path: Path) -> dict[str, SuiteExperiment] | None:
+    """:func:`suite` of the paper-scale workflow config beside the claims file (``config/config.yaml``
+    next to ``config/claims.yaml``), or None where there is none (then absence reads NOT_RUN)."""
+    path = Path(claims_path).parent / "config.yaml"
+    return suite(path) if path.is_file() else None
+
+
+def _suite_branches(spec: dict[str, Any]) -> set[str]:
+    """IMP, the baselines, fine-tuning, and the SGD-noise copies of the instability analysis: ``copy``
+    of the IMP network, ``copy_<baseline>`` of each baseline named in ``instability.branches``."""
+    out = {"imp", *(spec.get("baselines") or {})}
+    if (spec.get("finetune") or {}).get("levels"):
+        out.add("finetune")
+    inst = spec.get("instability")
+    if inst:
+        out |= {"copy" if b in ("imp", "copy") else b if b.startswith("copy_") else f"copy_{b}"
+                for b in inst.get("branches", ["imp"])}
+    return out
+
+
 def load(path: Path) -> list[dict[str, Any]]:
-    """The claims file, validated: unknown measures and missing fields fail here, not in a report."""
+    """The claims file, validated: unknown measures, missing fields and absolute paths fail here, not in
+    a report. Each check gets its claim's ``density`` (a key of :data:`DENSITY_COLUMNS`: the claim's own
+    ``density``, else its paper's in the file's ``densities``, else ``prunable``) and ``reinit_start`` (if
+    the claim names one)."""
     raw = yaml.safe_load(Path(path).read_text()) or {}
+    _no_absolute_path(raw, str(path))
     protocols = raw.get("protocols") or {}
     claims = raw.get("claims")
     if not isinstance(claims, list):
         raise ClaimsError(f"{path}: 'claims' must be a list")
+    papers = {c.get("paper") for c in claims if isinstance(c, dict)}
+    densities = raw.get("densities") or {}
+    for paper, how in densities.items():
+        if paper not in papers or how not in DENSITY_COLUMNS:
+            raise ClaimsError(f"{path}: densities: {paper!r}: {how!r} must name a paper of the claims and one of "
+                              f"{', '.join(DENSITY_COLUMNS)}")
     seen = set()
     for c in claims:
         cid = c.get("id")
@@ -123,6 +214,10 @@ def load(path: Path) -> list[dict[str, Any]]:
         if cid in seen:
             raise ClaimsError(f"{path}: claim {cid}: duplicate id")
         seen.add(cid)
+        if c.get("density", densities.get(c.get("paper"), "prunable")) not in DENSITY_COLUMNS:
+            raise ClaimsError(f"{path}: claim {cid}: density must be one of {', '.join(DENSITY_COLUMNS)}")
+        if c.get("reinit_start") is not None and c["reinit_start"] not in REINIT_STARTS:
+            raise ClaimsError(f"{path}: claim {cid}: reinit_start must be one of {', '.join(REINIT_STARTS)}")
         checks = c.get("check")
         if checks is None:
             if not c.get("not_checked"):
@@ -136,12 +231,34 @@ def load(path: Path) -> list[dict[str, Any]]:
                     raise ClaimsError(f"{path}: claim {cid}: unknown protocol {proto!r} (protocols.<name>.match)")
             if (chk.get("expect") or {}).get("op") not in (*OPS, "within", "within_factor"):
                 raise ClaimsError(f"{path}: claim {cid}: check.expect.op must be one of >, >=, <, <=, within, within_factor")
+            if ONSET_QUANTITY.match(str(c["quantity"])) and unit_of(chk) != "iterations" and \
+                    not str(chk.get("label", "")).startswith("direction only"):
+                raise ClaimsError(f"{path}: claim {cid}: the paper's quantity is an iteration; a check in "
+                                  f"{unit_of(chk)!r} must be labelled 'direction only: ...'")
     for c in claims:
         for chk in _checks(c):
+            chk["density"] = c.get("density", densities.get(c["paper"], "prunable"))
+            if c.get("reinit_start"):
+                chk["reinit_start"] = c["reinit_start"]
             names = _names((chk.get("select") or {}).get("protocol"))
             if names:
                 chk["select"] = {**chk["select"], "protocol": [protocols[n]["match"] for n in names], "protocol_name": " or ".join(names)}
     return claims
+
+
+def _no_absolute_path(node: Any, where: str) -> None:
+    """A committed output must not name a folder of the machine that built it; the claims file is
+    printed into the report, so it may cite files only by their project path (``shared/papers/...``)."""
+    if isinstance(node, dict):
+        for v in node.values():
+            _no_absolute_path(v, where)
+    elif isinstance(node, list):
+        for v in node:
+            _no_absolute_path(v, where)
+    elif isinstance(node, str):
+        hit = re.search(r"(?<![\w:/.])(/(?:home|work|tmp|Users|mnt|scratch|data|root|opt|srv|var)/\S*|[A-Za-z]:\\\S+|~/\S+)", node)
+        if hit:
+            raise ClaimsError(f"{where}: absolute path {hit.group(0)!r}: cite files by their project path (shared/papers/...)")
 
 
 def _names(proto: Any) -> list[str]:
@@ -149,8 +266,11 @@ def _names(proto: Any) -> list[str]:
 
 
 def evaluate(claims: list[dict[str, Any]], jobs: pd.DataFrame, configs: dict[str, dict[str, Any]],
-             analyses: dict[str, pd.DataFrame | None]) -> list[Result]:
-    """Every claim on every unit its selector matches (one NOT_RUN result if none matches).
+             analyses: dict[str, pd.DataFrame | None],
+             paper_suite: dict[str, SuiteExperiment] | None = None) -> list[Result]:
+    """Every claim on every unit its selector matches; if none matches, one NOT_RUN result when an
+    experiment of ``paper_suite`` (:func:`suite`) is selected, else NO_EXPERIMENT (without a suite,
+    NOT_RUN: the suite is unknown, so absence cannot be told apart).
 
     ``configs`` maps experiment id -> its run config (as stored in the run's config.yaml)."""
     out: list[Result] = []
@@ -163,55 +283,146 @@ def evaluate(claims: list[dict[str, Any]], jobs: pd.DataFrame, configs: dict[str
             label = chk.get("label", "")
             units = _units(chk, jobs, configs)
             if not units:
-                out.append(Result(claim, label, NOT_RUN, chk, detail=_no_runs(chk.get("select") or {})))
+                out.append(_absent(claim, chk, label, paper_suite))
                 continue
             for name, unit in units:
                 try:
-                    values, detail = MEASURES[chk["measure"]](chk, unit, analyses)
+                    m = MEASURES[chk["measure"]](chk, unit, Context(analyses, configs))
                 except NotRun as e:
                     out.append(Result(claim, _join(label, name), NOT_RUN, chk, detail=str(e)))
                     continue
-                mean = float(np.mean(values))
-                floor = _noise_floor(chk, unit, values, configs)
-                if floor is not None and math.isfinite(mean) and abs(mean - chk["expect"]["value"]) <= NOISE_Z * floor:
-                    verdict = INCONCLUSIVE
-                else:
-                    verdict = REPRODUCED if _expect(chk["expect"], mean) else NOT_REPRODUCED
-                out.append(Result(claim, _join(label, name), verdict, chk, list(map(float, values)), unit_of(chk), detail,
-                                  floor))
+                verdict, interval, noise_note = decide(chk["expect"], m)
+                detail = "; ".join(filter(None, [m.detail, noise_note, _reinit_note(chk, unit)]))
+                out.append(Result(claim, _join(label, name), verdict, chk, list(map(float, m.values)), unit_of(chk),
+                                  detail, m.noise, interval))
     return out
+
+
+def _absent(claim: dict[str, Any], chk: dict[str, Any], label: str,
+            paper_suite: dict[str, SuiteExperiment] | None) -> Result:
+    sel = chk.get("select") or {}
+    if paper_suite is None:
+        return Result(claim, label, NOT_RUN, chk, detail=_no_runs(sel))
+    have = sorted(e for e, x in paper_suite.items() if _suite_matches(x, sel))
+    missing = [k for k in _named_rewinds(chk) if not any(_rewinds_to(paper_suite[e].run, k) for e in have)]
+    if have and missing:
+        return Result(claim, label, NO_EXPERIMENT, chk, detail=f"{_no_runs(sel)}; config/config.yaml runs it as "
+                      f"{', '.join(have)}, but none rewinds to k = {', '.join(map(str, missing))}")
+    if have:
+        return Result(claim, label, NOT_RUN, chk, detail=f"{_no_runs(sel)}; config/config.yaml runs it as {', '.join(have)}")
+    return Result(claim, label, NO_EXPERIMENT, chk, detail=f"{_no_runs(sel)}, nor in config/config.yaml")
+
+
+def _named_rewinds(chk: dict[str, Any]) -> list[int]:
+    """The rewind points (iterations) a check names for its operands."""
+    specs = [chk.get("rewind"), *((chk.get(k) or {}).get("rewind") for k in ("a", "b", "of") if isinstance(chk.get(k), dict))]
+    return [int(k) for k in specs if isinstance(k, (int, float)) and not isinstance(k, bool)]
+
+
+def _rewinds_to(run: dict[str, Any], k: int) -> bool:
+    from ..config import ConfigError, parse_steps
+
+    try:
+        return parse_steps((run.get("imp") or {}).get("rewind", "0it")) == (0, k)
+    except ConfigError:
+        return False
+
+
+def _suite_matches(x: SuiteExperiment, sel: dict[str, Any]) -> bool:
+    if sel.get("family") is not None and sel["family"] != x.family:
+        return False
+    if not set(sel.get("branches") or ()) <= x.branches:
+        return False
+    protocols = sel.get("protocol") or []
+    return not protocols or any(all(_equal(_get(x.run, k), v, k) for k, v in p.items()) for p in protocols)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a measure reads besides its unit's jobs: the analyses' tables and the run configs."""
+
+    analyses: dict[str, pd.DataFrame | None]
+    configs: dict[str, dict[str, Any]]
+
+
+@dataclass
+class Measured:
+    """A measure's per-seed values, what exactly was compared, and the noise of their mean
+    (:data:`NOISE_RULE`): ``noise`` (the range is mean ± NOISE_Z noise), or an explicit ``interval``
+    (an onset between two rewind points), or neither with ``no_noise`` saying why."""
+
+    values: list[float]
+    detail: str
+    noise: float | None = None
+    interval: tuple[float, float] | None = None
+    no_noise: str = ""
+
+
+def decide(expect: dict[str, Any], m: Measured) -> tuple[str, tuple[float, float] | None, str]:
+    """The verdict of :data:`NOISE_RULE` on the measured range, the range, and a note where no noise
+    was definable."""
+    mean = float(np.mean(m.values)) if m.values else math.nan
+    note = ""
+    if m.interval is not None:  # may be open-ended: never stable up to the largest k puts an onset above it
+        lo, hi = m.interval
+    elif not math.isfinite(mean):
+        return NOT_REPRODUCED, None, ""
+    elif m.noise is not None and math.isfinite(m.noise):
+        lo, hi = mean - NOISE_Z * m.noise, mean + NOISE_Z * m.noise
+    else:
+        lo = hi = mean
+        note = f"no noise definable ({m.no_noise or 'no error model for this quantity'}): decided on the mean"
+    if expect["op"] in OPS:
+        holds = [OPS[expect["op"]](x, expect["value"]) for x in (lo, hi)]
+    else:
+        if expect["op"] == "within":
+            band = (expect["value"] - expect["tol"] - 1e-9, expect["value"] + expect["tol"] + 1e-9)
+        else:
+            band = (expect["value"] / expect["factor"] * (1 - 1e-9), expect["value"] * expect["factor"] * (1 + 1e-9))
+        inside, outside = band[0] <= lo and hi <= band[1], hi < band[0] or lo > band[1]
+        holds = [True, True] if inside else [False, False] if outside else [True, False]
+    verdict = REPRODUCED if all(holds) else NOT_REPRODUCED if not any(holds) else INCONCLUSIVE
+    return verdict, ((lo, hi) if note == "" else None), note
 
 
 def noise(values: list[float], p: float, test_size: int, difference: bool) -> float:
     """The noise of the mean of ``values`` (in % or pp) by :data:`NOISE_RULE`: the larger of the seed
     spread and the binomial error of accuracies ``p`` measured on ``test_size`` examples."""
+    return _noise(values, (math.sqrt(2) if difference else 1) * binomial(p, test_size))
+
+
+def binomial(p: float, n: int) -> float:
+    """The binomial standard error, in %, of a fraction p measured on n examples."""
+    return 100 * math.sqrt(max(p * (1 - p), 0.0) / n)
+
+
+def _noise(values: list[float], error: float) -> float:
+    """max(seed spread, per-value measurement ``error`` / sqrt(n)), the rule's noise of a mean."""
     n = len(values)
-    binomial = 100 * math.sqrt((2 if difference else 1) * p * (1 - p) / test_size) / math.sqrt(n)
     spread = float(np.std(values, ddof=1)) / math.sqrt(n) if n >= 2 else 0.0
-    return max(spread, binomial)
+    return max(spread, error / math.sqrt(n))
 
 
-def _noise_floor(chk: dict[str, Any], unit: pd.DataFrame, values: list[float],
-                 configs: dict[str, dict[str, Any]]) -> float | None:
-    """:func:`noise` for a direction check on test accuracies (None where :data:`NOISE_RULE` does not apply)."""
-    how = chk.get("as", "difference")
-    difference = chk["measure"] in ("difference", "versus_dense", "best") and how == "difference"
-    single = chk["measure"] == "value" or (chk["measure"] == "best" and how == "value")
-    metric = _metric(chk, unit)
-    if chk["expect"]["op"] not in OPS or not (difference or single) or metric not in ("final_test_acc", "early_stop_test_acc"):
-        return None
-    sizes = [tables.test_set_size(configs[e]) for e in unit["experiment"].unique() if "data" in configs.get(e, {})]
-    p = float(unit[metric].mean())
-    if not sizes or not values or not math.isfinite(p):
-        return None
-    return noise(values, p, min(sizes), difference)
+def _reinit_note(chk: dict[str, Any], unit: pd.DataFrame) -> str:
+    """Which random reinitialization a verdict comparing with it rests on (``reinit_start``)."""
+    if "random_reinit" not in {(chk.get(k) or {}).get("branch") for k in ("a", "b", "of") if isinstance(chk.get(k), dict)}:
+        return ""
+    if set(unit["rewind_step"].dropna()) <= {0}:
+        return "random reinit: k = 0, so training from k and from 0 coincide"
+    if "reinit_start" not in unit.columns:
+        return "random reinit start not recorded (results made before reinit_start; re-run the tables)"
+    starts = sorted(set(unit.loc[unit["branch"] == "random_reinit", "reinit_start"].dropna()))
+    words = {"rewind": "random reinit trained from k to T (reinit_start rewind)",
+             "zero": "random reinit trained from 0 to T (reinit_start zero)"}
+    said = ", ".join(words.get(s, str(s)) for s in starts) or "random reinit start not recorded"
+    return said + ("" if chk.get("reinit_start") else "; the paper does not say which")
 
 
 def _no_runs(sel: dict[str, Any]) -> str:
-    if sel.get("protocol"):
-        return f"no run matches protocol '{sel['protocol_name']}'"
-    what = " ".join(filter(None, [sel.get("family"), "experiment"]))
     has = f" with {' and '.join(sel['branches'])}" if sel.get("branches") else ""
+    if sel.get("protocol"):
+        return f"no run matches protocol '{sel['protocol_name']}'{has}"
+    what = " ".join(filter(None, [sel.get("family"), "experiment"]))
     return f"no {what}{has} in these results"
 
 
@@ -257,16 +468,6 @@ def _join(a: str, b: str) -> str:
 def kind_of(chk: dict[str, Any]) -> str:
     """:data:`QUANTITATIVE` when the check compares with the paper's value, else :data:`DIRECTION`."""
     return QUANTITATIVE if chk["expect"]["op"] in ("within", "within_factor") else DIRECTION
-
-
-def _expect(e: dict[str, Any], x: float) -> bool:
-    if not math.isfinite(x):
-        return False
-    if e["op"] == "within":
-        return abs(x - e["value"]) <= e["tol"] + 1e-9
-    if e["op"] == "within_factor":
-        return x > 0 and abs(math.log(x / e["value"])) <= math.log(e["factor"]) + 1e-9
-    return OPS[e["op"]](x, e["value"])
 
 
 def _fmt(unit: str):
@@ -362,6 +563,46 @@ def _scaled(metric: str, s: pd.Series) -> pd.Series:
     return 100 * s.astype(float) if metric in PERCENT_METRICS else s.astype(float)
 
 
+def _density(chk: dict[str, Any], unit: pd.DataFrame) -> str:
+    """The jobs-table column of the claim's density definition; results made before ``density_total``
+    was recorded cannot say where a P_m lies, and a silent fallback would match the wrong level."""
+    col = DENSITY_COLUMNS[chk.get("density", "prunable")]
+    if col not in unit.columns or unit.loc[unit["branch"] == "imp", col].isna().all():
+        raise NotRun(f"these results do not record {col} (the paper's density counts every weight); "
+                     "re-run the tables (ticketbench report --part tables) on runs that record it")
+    return col
+
+
+def _error(metric: str, x: pd.Series, unit: pd.DataFrame, ctx: Context) -> tuple[pd.Series | None, str]:
+    """The measurement error of each value of ``metric`` (in its scaled unit) by :data:`NOISE_RULE`, or
+    None and why not."""
+    exps = unit["experiment"].unique()
+    if metric in ("final_test_acc", "early_stop_test_acc"):
+        sizes = [tables.test_set_size(ctx.configs[e]) for e in exps if "data" in ctx.configs.get(e, {})]
+        if not sizes:
+            return None, "test-set size unknown"
+        return x.map(lambda a: binomial(a / 100, min(sizes))), ""
+    if metric == "early_stop_step":
+        steps = {_eval_interval(ctx.configs.get(e, {})) for e in exps}
+        if None in steps or not steps:
+            return None, "eval interval unknown"
+        return pd.Series(float(max(steps)), index=x.index), ""
+    return None, f"no error model for {metric}"
+
+
+def _eval_interval(cfg: dict[str, Any]) -> int | None:
+    """The eval interval in iterations, the resolution of an early-stopping iteration (given in
+    iterations; an interval in epochs is left unresolved here)."""
+    from ..config import ConfigError, parse_steps
+
+    every = (cfg.get("train") or {}).get("eval_every")
+    try:
+        ep, it = parse_steps(every) if every is not None else (1, 0)
+    except ConfigError:
+        return None
+    return it if ep == 0 and it > 0 else None
+
+
 def _rewind_rows(unit: pd.DataFrame, spec: Any) -> pd.DataFrame:
     if spec is None:
         return unit
@@ -377,6 +618,19 @@ def _rewind_rows(unit: pd.DataFrame, spec: Any) -> pd.DataFrame:
     return rows
 
 
+def _reinit_rows(chk: dict[str, Any], rows: pd.DataFrame, branch: str) -> pd.DataFrame:
+    """random_reinit jobs of the paper's ``reinit_start`` where the claim names one."""
+    want = chk.get("reinit_start")
+    if branch != "random_reinit" or not want:
+        return rows
+    if "reinit_start" not in rows.columns:
+        raise NotRun("these results do not record reinit_start; re-run the tables on runs that record it")
+    keep = (rows["branch"] != branch) | (rows["reinit_start"] == want)
+    if not (keep & (rows["branch"] == branch)).any():
+        raise NotRun(f"no random_reinit job with reinit_start {want} (the paper's)")
+    return rows[keep]
+
+
 def _per_seed(unit: pd.DataFrame, branch: str, level: int, metric: str) -> pd.Series:
     """A branch's metric at one level, per seed (replicates averaged within a seed)."""
     rows = unit[(unit["branch"] == branch) & (unit["level"] == level)]
@@ -388,13 +642,15 @@ def _levels_with(unit: pd.DataFrame, branch: str) -> dict[int, set[int]]:
     return {int(lv): set(g["seed"]) for lv, g in rows.groupby("level")}
 
 
-def _resolve_level(unit: pd.DataFrame, at: Any, operands: list[tuple[pd.DataFrame, str]]) -> int:
-    """The level a check compares at: ``{level: L}``, ``{density: d}`` (nearest IMP level) or
-    ``sparsest`` (the highest pruned level every operand reached in every seed)."""
+def _resolve_level(chk: dict[str, Any], unit: pd.DataFrame, at: Any, operands: list[tuple[pd.DataFrame, str]]) -> int:
+    """The level a check compares at: ``{level: L}``, ``{density: d}`` (nearest IMP level, by the
+    claim's density definition) or ``sparsest`` (the highest pruned level every operand reached in
+    every seed)."""
     if isinstance(at, dict) and "level" in at:
         return int(at["level"])
     if isinstance(at, dict) and "density" in at:
-        imp = unit[unit["branch"] == "imp"].groupby("level")["density"].mean()
+        col = _density(chk, unit)
+        imp = unit[unit["branch"] == "imp"].groupby("level")[col].mean()
         if imp.empty:
             raise NotRun("no IMP levels")
         lv = (np.log(imp) - math.log(at["density"])).abs().idxmin()
@@ -410,25 +666,37 @@ def _resolve_level(unit: pd.DataFrame, at: Any, operands: list[tuple[pd.DataFram
     return max(common)
 
 
-def _operands(chk: dict[str, Any], unit: pd.DataFrame, names: tuple[str, ...]) -> tuple[list[pd.Series], int, str]:
-    """Per-seed values of the named operands (``{branch, rewind}``) at the check's level ``at``."""
+def _operands(chk: dict[str, Any], unit: pd.DataFrame, names: tuple[str, ...], ctx: Context
+              ) -> tuple[list[pd.Series], list[pd.Series | None], int, str, str]:
+    """Per-seed values of the named operands (``{branch, rewind}``) at the check's level ``at``, their
+    measurement errors (:func:`_error`), the level, the metric, and why an error is unknown."""
     metric = _metric(chk, unit)
     specs = [chk[n] for n in names]
-    rows = [_rewind_rows(unit, s.get("rewind")) for s in specs]
-    level = _resolve_level(rows[0], chk.get("at", "sparsest"), [(r, s["branch"]) for r, s in zip(rows, specs)])
-    series = []
+    rows = [_reinit_rows(chk, _rewind_rows(unit, s.get("rewind")), s["branch"]) for s in specs]
+    level = _resolve_level(chk, rows[0], chk.get("at", "sparsest"), [(r, s["branch"]) for r, s in zip(rows, specs)])
+    series, errors, why = [], [], ""
     for r, s in zip(rows, specs):
         v = _per_seed(r, s["branch"], level, metric)
         if v.empty:
             raise NotRun(f"no {s['branch']} job at level {level}")
-        series.append(_scaled(metric, v))
-    return series, level, metric
+        v = _scaled(metric, v)
+        e, why_e = _error(metric, v, unit, ctx)
+        series.append(v)
+        errors.append(e)
+        why = why or why_e
+    return series, errors, level, metric, why
 
 
-def _density_note(unit: pd.DataFrame, level: int, metric: str) -> str:
-    d = unit.loc[(unit["branch"] == "imp") & (unit["level"] == level), "density"].mean()
+def _density_note(chk: dict[str, Any], unit: pd.DataFrame, level: int, metric: str) -> str:
+    col = DENSITY_COLUMNS[chk.get("density", "prunable")]
+    rows = unit.loc[(unit["branch"] == "imp") & (unit["level"] == level)]
+    if col not in rows.columns or rows[col].isna().all():
+        col = "density"  # only says where the level lies, in the definition named
+    d = rows[col].mean()
     name = {"early_stop_test_acc": "test accuracy at early stop", "final_test_acc": "final test accuracy"}.get(metric, metric)
-    return f"level {level} ({100 * d:.3g}% remaining), {name}" if math.isfinite(d) else f"level {level}, {name}"
+    what = "% of all weights remaining" if col == "density_total" else \
+        "% of prunable weights remaining" if chk.get("density") == "total" else "% remaining"
+    return f"level {level} ({100 * d:.3g}{what}), {name}" if math.isfinite(d) else f"level {level}, {name}"
 
 
 def _paired(a: pd.Series, b: pd.Series, how) -> list[float]:
@@ -438,116 +706,197 @@ def _paired(a: pd.Series, b: pd.Series, how) -> list[float]:
     return [how(a[s], b[s]) for s in seeds]
 
 
+def _combined(how: str, a: pd.Series, b: pd.Series, ea: pd.Series | None, eb: pd.Series | None) -> float | None:
+    """The mean per-seed measurement error of a combination of two measured values (difference a - b,
+    ratio a / b, speedup b / a, reduction 100 (1 - a / b) %), errors propagated to first order."""
+    if ea is None or eb is None:
+        return None
+    seeds = sorted(set(a.index) & set(b.index))
+    out = []
+    for s in seeds:
+        x, y, ex, ey = a[s], b[s], ea[s], eb[s]
+        if how == "difference":
+            out.append(math.hypot(ex, ey))
+        elif x and y:
+            rel = math.hypot(ex / x, ey / y)
+            out.append({"ratio": abs(x / y), "speedup": abs(y / x), "reduction": 100 * abs(x / y)}[how] * rel)
+    return float(np.mean(out)) if out else None
+
+
+def _measured(values: list[float], error: float | None, detail: str, why: str) -> Measured:
+    if error is None:
+        return Measured(values, detail, no_noise=why)
+    return Measured(values, detail, noise=_noise(values, error))
+
+
 # --------------------------------------------------------------------------------------------------
-# Measures: each returns (per-seed values, a note saying exactly what was compared)
+# Measures: each returns its per-seed values, a note saying exactly what was compared, and their noise
 # --------------------------------------------------------------------------------------------------
 
 
-def _value(chk, unit, analyses):
-    (v,), level, metric = _operands(chk, unit, ("of",))
-    return list(v), _density_note(unit, level, metric)
+def _value(chk, unit, ctx):
+    (v,), (e,), level, metric, why = _operands(chk, unit, ("of",), ctx)
+    return _measured(list(v), None if e is None else float(e.mean()), _density_note(chk, unit, level, metric), why)
 
 
-def _difference(chk, unit, analyses):
-    (a, b), level, metric = _operands(chk, unit, ("a", "b"))
-    return _paired(a, b, lambda x, y: x - y), _density_note(unit, level, metric)
+def _difference(chk, unit, ctx):
+    (a, b), (ea, eb), level, metric, why = _operands(chk, unit, ("a", "b"), ctx)
+    return _measured(_paired(a, b, lambda x, y: x - y), _combined("difference", a, b, ea, eb),
+                     _density_note(chk, unit, level, metric), why)
 
 
-def _ratio(chk, unit, analyses):
-    (a, b), level, metric = _operands(chk, unit, ("a", "b"))
-    return _paired(a, b, lambda x, y: x / y if y else math.nan), _density_note(unit, level, metric)
+def _ratio(chk, unit, ctx):
+    (a, b), (ea, eb), level, metric, why = _operands(chk, unit, ("a", "b"), ctx)
+    return _measured(_paired(a, b, lambda x, y: x / y if y else math.nan), _combined("ratio", a, b, ea, eb),
+                     _density_note(chk, unit, level, metric), why)
 
 
-def _versus_dense(chk, unit, analyses):
+def _versus_dense(chk, unit, ctx):
     """A branch at one level against the dense net (IMP level 0) of the same seed, ``as``: difference
     (x - x0), ratio (x / x0), speedup (x0 / x, for iteration counts) or reduction (100 (1 - x / x0) %)."""
-    (x,), level, metric = _operands(chk, unit, ("of",))
+    (x,), (ex,), level, metric, why = _operands(chk, unit, ("of",), ctx)
     dense = {**chk, "at": {"level": 0}, "dense": {"branch": "imp", "rewind": chk["of"].get("rewind")}}
-    (x0,), _, _ = _operands(dense, unit, ("dense",))
+    (x0,), (ex0,), _, _, _ = _operands(dense, unit, ("dense",), ctx)
+    as_ = chk.get("as", "difference")
     how = {"difference": lambda a, b: a - b, "ratio": lambda a, b: a / b, "speedup": lambda a, b: b / a,
-           "reduction": lambda a, b: 100 * (1 - a / b)}[chk.get("as", "difference")]
-    return _paired(x, x0, how), _density_note(unit, level, metric) + " vs. the dense net"
+           "reduction": lambda a, b: 100 * (1 - a / b)}[as_]
+    return _measured(_paired(x, x0, how), _combined(as_, x, x0, ex, ex0),
+                     _density_note(chk, unit, level, metric) + " vs. the dense net", why)
 
 
-def _against_dense(chk, unit) -> tuple[pd.DataFrame, str]:
-    """Per seed and level >= 1: the branch's metric and the dense net's (IMP level 0)."""
+def _against_dense(chk, unit, ctx) -> tuple[pd.DataFrame, str, str, str]:
+    """Per seed and level >= 1: the branch's metric x and the dense net's x0 (IMP level 0), their
+    measurement errors ex, ex0 (NaN where unknown, with why), and the density column."""
     metric = _metric(chk, unit)
     of = chk.get("of") or {"branch": "imp"}
-    rows = _rewind_rows(unit, of.get("rewind"))
+    rows = _reinit_rows(chk, _rewind_rows(unit, of.get("rewind")), of["branch"])
+    # A last density is the claim's quantity, so it needs the paper's definition; elsewhere the density
+    # only says where a level lies, and the row names the definition it is in.
+    col = _density(chk, unit) if chk["measure"] == "last_density" else \
+        "density_total" if chk.get("density") == "total" and "density_total" in unit.columns and unit["density_total"].notna().any() \
+        else "density"
     branch = rows[(rows["branch"] == of["branch"]) & (rows["level"] >= 1)]
-    table = branch.groupby(["seed", "level"])[[metric, "density"]].mean().reset_index()
+    table = branch.groupby(["seed", "level"])[[metric, col]].mean().reset_index()
     dense = rows[(rows["branch"] == "imp") & (rows["level"] == 0)].groupby("seed")[metric].mean()
     if table.empty or dense.empty:
         raise NotRun(f"no dense net or no {of['branch']} levels")
     table["dense"] = table["seed"].map(dense)
     table["x"] = _scaled(metric, table[metric])
     table["x0"] = _scaled(metric, table["dense"])
-    return table.dropna(subset=["x", "x0"]), metric
+    table = table.dropna(subset=["x", "x0"]).rename(columns={col: "d"})
+    ex, why = _error(metric, table["x"], unit, ctx)
+    ex0, _ = _error(metric, table["x0"], unit, ctx)
+    table["ex"] = ex if ex is not None else math.nan
+    table["ex0"] = ex0 if ex0 is not None else math.nan
+    return table, metric, why, col
 
 
-def _best(chk, unit, analyses):
+def _best(chk, unit, ctx):
     """The best (``pick: max``, default) or worst (``pick: min``) pruned level against the dense net,
     ``as``: difference (x - x0), ratio, speedup (x0 / x, for iteration counts) or value (x itself)."""
-    table, metric = _against_dense(chk, unit)
+    table, metric, why, col = _against_dense(chk, unit, ctx)
     how = chk.get("as", "difference")
     gain = {"difference": table["x"] - table["x0"], "ratio": table["x"] / table["x0"],
             "speedup": table["x0"] / table["x"], "value": table["x"]}[how]
-    table = table.assign(g=gain)
+    rel = np.hypot(table["ex"] / table["x"], table["ex0"] / table["x0"])
+    error = {"difference": np.hypot(table["ex"], table["ex0"]), "ratio": gain.abs() * rel, "speedup": gain.abs() * rel,
+             "value": table["ex"]}[how]
+    table = table.assign(g=gain, e=error)
     pick = table.groupby("seed")["g"].idxmin() if chk.get("pick") == "min" else table.groupby("seed")["g"].idxmax()
     best = table.loc[pick]
-    where = ", ".join(f"{100 * d:.3g}%" for d in best["density"])
-    return list(best["g"]), f"attained at {where} remaining ({metric})"
+    where = ", ".join(f"{100 * d:.3g}%" for d in best["d"])
+    e = float(best["e"].mean())
+    what = "of all weights" if col == "density_total" else "of prunable weights"
+    return _measured(list(best["g"]), e if math.isfinite(e) else None, f"attained at {where} {what} remaining ({metric})",
+                     why or "no error model")
 
 
-def _last_density(chk, unit, analyses):
+def _last_density(chk, unit, ctx):
     """Going sparser level by level, the density of the last level before the condition first fails
     (the LTH's "until P_m = ..." statements). The condition compares with the dense net:
-    ``cond: {op, offset}`` tests ``x op x0 + offset``."""
-    table, metric = _against_dense(chk, unit)
+    ``cond: {op, offset}`` tests ``x op x0 + offset``. Known to one pruning level: the true last density
+    lies between the next level's density and the one reported, which is the verdict's range."""
+    table, metric, _, col = _against_dense(chk, unit, ctx)
     cond = chk.get("cond") or {"op": ">=", "offset": 0.0}
-    out = []
+    out, below = [], []
     for _, g in table.sort_values("level").groupby("seed"):
         ok = OPS[cond["op"]](g["x"], g["x0"] + cond.get("offset", 0.0)).to_numpy()
         fails = np.flatnonzero(~ok)
+        d = 100 * g["d"].to_numpy(dtype=float)
         if len(fails) == 0:
-            out.append(100 * g["density"].min())  # holds at every level trained: a lower bound
+            out.append(d.min())  # holds at every level trained: a lower bound
+            below.append(0.0)
         elif fails[0] == 0:
             out.append(100.0)
+            below.append(d[0])
         else:
-            out.append(100 * g["density"].iloc[fails[0] - 1])
-    sparsest = 100 * table["density"].min()
-    return out, f"{metric}; sparsest level trained: {sparsest:.3g}% (a value equal to it is a lower bound)"
+            out.append(d[fails[0] - 1])
+            below.append(d[fails[0]])
+    sparsest = 100 * table["d"].min()
+    what = "all weights" if col == "density_total" else "prunable weights"
+    detail = f"{metric}; % of {what}; sparsest level trained: {sparsest:.3g}% (a value equal to it is a lower bound)"
+    return Measured(out, detail, interval=(float(np.mean(below)), float(np.mean(out))))
 
 
 # ---- instability (Frankle et al. 2020) ------------------------------------------------------------
 
+BARRIER_KEYS = ["experiment", "group", "seed", "rewind_step", "level"]
 
-def barriers(instability: pd.DataFrame | None) -> pd.DataFrame:
-    """Error barrier per run, level and copy pair: max over the path of the test error minus the mean
-    of the endpoints' errors (LMC Sec. 2), in percentage points; averaged over pairs per seed."""
+
+def pair_barriers(instability: pd.DataFrame | None) -> pd.DataFrame:
+    """Error barrier per run, copied network (``branch``: ``copy`` = the IMP subnetwork), level and copy
+    pair: max over the path of the test error minus the mean of the endpoints' errors (LMC Sec. 2), in
+    percentage points, with the mean test error of the three points involved (``error``)."""
     from .tables import INSTABILITY_ERROR, instability_paths
 
-    if instability is None:
-        return pd.DataFrame(columns=["experiment", "group", "seed", "rewind_step", "level", "barrier", "max_error"])
+    cols = [*BARRIER_KEYS, "branch", "pair", "barrier", "max_error", "error"]
+    if instability is None or instability.empty:
+        return pd.DataFrame(columns=cols)
     instability = instability_paths(instability)
-    keys = ["experiment", "group", "seed", "rewind_step", "level"]
+    if "branch" not in instability.columns:
+        instability = instability.assign(branch="copy")
     pair = [c for c in ("pair", "replicate") if c in instability.columns][:1]
 
     def one(path: pd.DataFrame) -> pd.Series:
         p = path.sort_values("alpha")
         err = 100 * p[INSTABILITY_ERROR].to_numpy(dtype=float)
-        return pd.Series({"barrier": err.max() - (err[0] + err[-1]) / 2, "max_error": err.max()})
+        return pd.Series({"barrier": err.max() - (err[0] + err[-1]) / 2, "max_error": err.max(),
+                          "error": (err.max() + err[0] + err[-1]) / 3})
 
-    per_pair = instability.groupby(keys + pair, dropna=False)[["alpha", INSTABILITY_ERROR]].apply(one).reset_index()
-    return per_pair.groupby(keys, dropna=False)[["barrier", "max_error"]].mean().reset_index()
+    out = instability.groupby([*BARRIER_KEYS, "branch", *pair], dropna=False)[["alpha", INSTABILITY_ERROR]].apply(one)
+    out = out.reset_index()
+    return out.rename(columns={pair[0]: "pair"}) if pair else out.assign(pair=0)
 
 
-def _instability_unit(unit: pd.DataFrame, analyses) -> pd.DataFrame:
-    b = barriers(analyses.get("instability"))
+def barriers(instability: pd.DataFrame | None) -> pd.DataFrame:
+    """:func:`pair_barriers` averaged over pairs per run, copied network and level."""
+    per_pair = pair_barriers(instability)
+    return per_pair.groupby([*BARRIER_KEYS, "branch"], dropna=False)[["barrier", "max_error"]].mean().reset_index()
+
+
+def barrier_noise(pairs: pd.DataFrame, test_size: int | None) -> float | None:
+    """The noise of a mean barrier over ``pairs`` (all pairs of all seeds) by :data:`NOISE_RULE`."""
+    if pairs.empty or not test_size:
+        return None
+    return _noise(list(pairs["barrier"]), math.sqrt(1.5) * binomial(float(pairs["error"].mean()) / 100, test_size))
+
+
+def _instability_unit(chk, unit: pd.DataFrame, ctx: Context) -> pd.DataFrame:
+    b = pair_barriers(ctx.analyses.get("instability"))
     b = b[b["experiment"].isin(unit["experiment"].unique())]
     if b.empty:
         raise NotRun("instability analysis not run for these runs")
-    return b
+    copied = (chk.get("of") or {}).get("branch", "copy") if isinstance(chk.get("of"), dict) else "copy"
+    mine = b[b["branch"] == copied]
+    if mine.empty:
+        raise NotRun(f"no instability result of {copied} (SGD-noise copies of "
+                     f"{'the IMP network' if copied == 'copy' else copied.removeprefix('copy_')})")
+    return mine
+
+
+def _test_size(unit: pd.DataFrame, ctx: Context) -> int | None:
+    sizes = [tables.test_set_size(ctx.configs[e]) for e in unit["experiment"].unique() if "data" in ctx.configs.get(e, {})]
+    return min(sizes) if sizes else None
 
 
 def _instability_level(chk, unit, b: pd.DataFrame) -> int:
@@ -557,14 +906,14 @@ def _instability_level(chk, unit, b: pd.DataFrame) -> int:
     levels = sorted(b["level"].unique())
     if at == "sparsest":
         return int(levels[-1])
-    lv = _resolve_level(unit, at, [])
+    lv = _resolve_level(chk, unit, at, [])
     if lv not in levels:
         raise NotRun(f"instability analysis not run at level {lv}")
     return lv
 
 
-def _barrier(chk, unit, analyses):
-    b = _instability_unit(unit, analyses)
+def _barrier(chk, unit, ctx):
+    b = _instability_unit(chk, unit, ctx)
     lv = _instability_level(chk, unit, b)
     rows = b[b["level"] == lv]
     k = chk.get("rewind")
@@ -573,39 +922,58 @@ def _barrier(chk, unit, analyses):
     if rows.empty:
         raise NotRun(f"no instability result at level {lv}" + (f", k = {k}" if k is not None else ""))
     col = "max_error" if chk.get("of") == "max_error" else "barrier"
-    return list(rows.groupby("seed")[col].mean()), _level_note(unit, lv, rows["rewind_step"].unique())
+    n = _test_size(unit, ctx)
+    values = list(rows.groupby("seed")[col].mean())
+    detail = _level_note(chk, unit, lv, rows["rewind_step"].unique())
+    if n is None:
+        return Measured(values, detail, no_noise="test-set size unknown")
+    pairs = rows.assign(barrier=rows[col])
+    if col == "max_error":  # a peak error: binomial error of one error rate
+        return Measured(values, detail, noise=_noise(list(pairs["barrier"]), binomial(float(pairs["barrier"].mean()) / 100, n)))
+    return Measured(values, detail, noise=barrier_noise(pairs, n))
 
 
-def _barrier_trend(chk, unit, analyses):
-    b = _instability_unit(unit, analyses)
+def _barrier_trend(chk, unit, ctx):
+    b = _instability_unit(chk, unit, ctx)
     lv = _instability_level(chk, unit, b)
     rows = b[b["level"] == lv]
     ks = sorted(rows["rewind_step"].dropna().unique())
     if len(ks) < 2:
         raise NotRun(f"instability at level {lv} was measured at {len(ks)} rewind point(s); the trend needs two")
-    lo = rows[rows["rewind_step"] == ks[0]].set_index("seed")["barrier"]
-    hi = rows[rows["rewind_step"] == ks[-1]].set_index("seed")["barrier"]
-    return _paired(lo, hi, lambda x, y: x - y), _level_note(unit, lv, [ks[0], ks[-1]])
+    lo_pairs, hi_pairs = rows[rows["rewind_step"] == ks[0]], rows[rows["rewind_step"] == ks[-1]]
+    lo = lo_pairs.groupby("seed")["barrier"].mean()
+    hi = hi_pairs.groupby("seed")["barrier"].mean()
+    values = _paired(lo, hi, lambda x, y: x - y)
+    detail = _level_note(chk, unit, lv, [ks[0], ks[-1]])
+    n = _test_size(unit, ctx)
+    if n is None:
+        return Measured(values, detail, no_noise="test-set size unknown")
+    return Measured(values, detail, noise=math.hypot(barrier_noise(lo_pairs, n), barrier_noise(hi_pairs, n)))
 
 
-def _onset(chk, unit, analyses):
-    """The smallest rewind point k whose barrier is below the stability threshold (LMC: 2 %)."""
-    b = _instability_unit(unit, analyses)
+def _onset(chk, unit, ctx):
+    """The smallest rewind point k where the mean barrier over all pairs of all seeds is below the
+    stability threshold (LMC: 2 %). The onset lies between the rewind point before it and it (the
+    verdict's range); never stable up to the largest k run puts it above that k."""
+    b = _instability_unit(chk, unit, ctx)
     lv = _instability_level(chk, unit, b)
     rows = b[b["level"] == lv]
     threshold = chk.get("threshold", 2.0)
-    out = []
-    for _, g in rows.groupby("seed"):
-        stable = g[g["barrier"] < threshold]["rewind_step"]
-        if stable.empty:
-            raise NotRun(f"never stable (barrier < {threshold:g} pp) at the rewind points run "
-                         f"({', '.join(f'{k:g}' for k in sorted(g['rewind_step']))})")
-        out.append(float(stable.min()))
-    return out, _level_note(unit, lv, rows["rewind_step"].unique())
+    mean = rows.groupby("rewind_step")["barrier"].mean().sort_index()
+    stable = mean[mean < threshold]
+    ks = list(mean.index)
+    note = _level_note(chk, unit, lv, ks) + f"; mean barrier over {len(rows)} pairs, threshold {threshold:g} pp"
+    if stable.empty:
+        return Measured([math.inf], f"not stable up to k = {ks[-1]:g}; {note}", interval=(float(ks[-1]), math.inf))
+    onset = float(stable.index[0])
+    before = [k for k in ks if k < onset]
+    return Measured([onset], note, interval=(float(before[-1]) if before else 0.0, onset))
 
 
-def _level_note(unit: pd.DataFrame, level: int, ks) -> str:
-    d = unit.loc[(unit["branch"] == "imp") & (unit["level"] == level), "density"].mean()
+def _level_note(chk, unit: pd.DataFrame, level: int, ks) -> str:
+    col = DENSITY_COLUMNS[chk.get("density", "prunable")]
+    rows = unit.loc[(unit["branch"] == "imp") & (unit["level"] == level)]
+    d = rows[col].mean() if col in rows.columns else math.nan
     where = "dense network" if level == 0 else f"IMP level {level} ({100 * d:.3g}% remaining)"
     return f"{where}; k = {', '.join(f'{k:g}' for k in sorted(ks))}"
 
@@ -613,35 +981,52 @@ def _level_note(unit: pd.DataFrame, level: int, ks) -> str:
 # ---- successive levels (Paul et al. 2023) ---------------------------------------------------------
 
 
-def _successive_iff_matching(chk, unit, analyses):
-    """Share of levels L -> L+1 (L >= 1) where "zero barrier" (< threshold) and "level L+1 matching"
-    (accuracy within ``matching`` pp of the dense net) agree, per seed."""
+def _successive_iff_matching(chk, unit, ctx):
+    """Share of levels L -> L+1 where "zero barrier" (< threshold) and "level L+1 matching" (accuracy
+    within ``matching`` pp of the dense net) agree, per seed. A zero barrier needs it on every
+    interpolation mask of ``masks`` (Paul et al. interpolate the two solutions as they are: ``none``;
+    ``common`` projects level L onto level L+1's mask without retraining), and the claim is about the
+    higher sparsities: levels whose density is at most ``max_density`` (a fraction; default all)."""
     from .tables import SUCCESSIVE_ERROR
 
-    s = analyses.get("successive")
+    s = ctx.analyses.get("successive")
     if s is None or s[s["experiment"].isin(unit["experiment"].unique())].empty:
         raise NotRun("successive-level interpolation not run for these runs")
-    s = s[s["experiment"].isin(unit["experiment"].unique()) & (s["mask"] == chk.get("mask", "common"))]
+    masks = _names(chk.get("masks", chk.get("mask", "common")))
+    s = s[s["experiment"].isin(unit["experiment"].unique())]
     if "bn" in s.columns and s["bn"].nunique() > 1:
         s = s[s["bn"] == "as_is"]
+    missing = [m for m in masks if not (s["mask"] == m).any()]
+    if missing:
+        raise NotRun(f"successive-level interpolation with mask {', '.join(missing)} not run for these runs")
     threshold, matching = chk.get("threshold", 2.0), chk.get("matching", 0.2)
+    max_density = chk.get("max_density", 1.0)
     metric = _metric(chk, unit)
+    density = unit[unit["branch"] == "imp"].groupby("level")["density"].mean()
     out = []
-    for seed, g in s.groupby("seed"):
+    for seed, g in s[s["mask"].isin(masks)].groupby("seed"):
         agree = []
-        for lv, path in g[g["level"] >= 1].groupby("level"):
-            err = 100 * path.sort_values("alpha")[SUCCESSIVE_ERROR].to_numpy(dtype=float)
-            barrier = err.max() - (err[0] + err[-1]) / 2
+        for lv, paths in g[g["level"] >= 1].groupby("level"):
+            if float(density.get(int(lv) + 1, math.nan)) > max_density + 1e-12 or int(lv) + 1 not in density:
+                continue
+            zero = all(_path_barrier(p, SUCCESSIVE_ERROR) < threshold for _, p in paths.groupby("mask"))
             acc = _per_seed(unit, "imp", int(lv) + 1, metric).get(seed)
             dense = _per_seed(unit, "imp", 0, metric).get(seed)
             if acc is None or dense is None:
                 continue
-            agree.append((barrier < threshold) == (100 * (dense - acc) <= matching))
+            agree.append(zero == (100 * (dense - acc) <= matching))
         if agree:
             out.append(100 * float(np.mean(agree)))
     if not out:
-        raise NotRun("no successive-level result with both levels trained")
-    return out, f"barrier < {threshold:g} pp vs. matching (within {matching:g} pp of dense)"
+        raise NotRun(f"no successive-level result with both levels trained at or below {100 * max_density:.3g}% remaining")
+    where = f", levels at or below {100 * max_density:.3g}% remaining" if max_density < 1 else ""
+    return Measured(out, f"barrier < {threshold:g} pp on mask {' and '.join(masks)} vs. matching (within "
+                         f"{matching:g} pp of dense){where}", no_noise="a share of levels that agree")
+
+
+def _path_barrier(path: pd.DataFrame, column: str) -> float:
+    err = 100 * path.sort_values("alpha")[column].to_numpy(dtype=float)
+    return float(err.max() - (err[0] + err[-1]) / 2)
 
 
 MEASURES = {"value": _value, "difference": _difference, "ratio": _ratio, "versus_dense": _versus_dense, "best": _best,

@@ -463,4 +463,5 @@ def evaluate_claims(side: Side, claims_path: Path) -> list[claims_mod.Result] | 
     """The report's claim verdicts for one side, or None if its run configs are unknown."""
     if side.configs is None:
         return None
-    return claims_mod.evaluate(claims_mod.load(claims_path), side.jobs, side.configs, side.data)
+    return claims_mod.evaluate(claims_mod.load(claims_path), side.jobs, side.configs, side.data,
+                               claims_mod.paper_suite(claims_path))

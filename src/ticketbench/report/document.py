@@ -156,7 +156,7 @@ def write_document(results: Path, claims_path: Path, scale: str,
     jobs = data["jobs"]
     configs = (configs_from_workflow(Path(workflow_config).read_text(), str(workflow_config), jobs)
                if workflow_config is not None else run_configs(results))
-    found = claims_mod.evaluate(claims_mod.load(claims_path), jobs, configs, data)
+    found = claims_mod.evaluate(claims_mod.load(claims_path), jobs, configs, data, claims_mod.paper_suite(claims_path))
     figs_dir = results / "figures"
     index = pd.read_csv(results / "tables" / "figures.csv") if (results / "tables" / "figures.csv").is_file() else \
         pd.DataFrame(columns=["figure", "drawn", "caption"])
