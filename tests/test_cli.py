@@ -50,6 +50,22 @@ def test_version_and_every_option_has_help():
     assert not bare, f"options without help text: {', '.join(bare)}"
 
 
+
+def test_only_training_subcommands_offer_the_flags_that_only_training_uses():
+    """--download and --checkpoint-seconds act only where a network is trained; elsewhere they are not
+    offered (instead of accepted and ignored)."""
+    from ticketbench.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["train", "c.yaml"], ["imp", "c.yaml"], ["finetune", "c.yaml", "--level", "1"],
+                 ["branch", "c.yaml", "--kind", "copy", "--level", "0"]):
+        assert parser.parse_args([*argv, "--download", "--checkpoint-seconds", "5"]).checkpoint_seconds == 5
+    for argv in (["evaluate", "job"], ["audit", "results"], ["hessian", "job", "-o", "h.csv"], ["instability", "run", "--level", "0", "--pairs", "1", "-o", "i.csv"]):
+        parser.parse_args(argv)
+        for flag in (["--download"], ["--checkpoint-seconds", "5"]):
+            with pytest.raises(SystemExit):
+                parser.parse_args([*argv, *flag])
+
 def test_a_layout_that_would_crash_onednn_is_refused_in_one_line(tmp_path):
     """--memory-format channels_last on the quick ResNet-20 (width 4) is refused before any kernel runs."""
     r = ticketbench("imp", REPO / "config/quick.yaml", "--experiment", "saleem_resnet20", "--level", "0",

@@ -29,7 +29,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", help="experiment id in a workflow config (config/*.yaml)")
     p.add_argument("--seed", type=int, default=0, help="seed of that experiment (default: 0)")
     p.add_argument("--run-dir", type=Path, help="run directory (default: results/runs/<name>-<config hash>)")
-    runtime.add_arguments(p)
+    runtime.add_arguments(p, training=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -60,16 +60,20 @@ class Runtime:
         return self.torch_device()
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The runtime flags of every subcommand that opens a run; ``from_args`` reads them back."""
+def add_arguments(p: argparse.ArgumentParser, training: bool = False) -> None:
+    """The runtime flags of a subcommand that opens a run; ``from_args`` reads them back. Only training
+    subcommands offer ``--download`` and ``--checkpoint-seconds``: evaluating, auditing and analysing read
+    networks that were trained, so their data is there and they write no training checkpoint."""
     g = p.add_argument_group("runtime (does not change results)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     g.add_argument("--data-root", help="directory with the dataset files (default: $TICKETBENCH_DATA or ./data)")
     g.add_argument("--no-verify", action="store_true", help="skip the MD5 check of user-supplied dataset copies")
-    g.add_argument("--download", action="store_true", help="download missing MNIST/CIFAR-10 files (needs a network)")
+    if training:
+        g.add_argument("--download", action="store_true", help="download missing MNIST/CIFAR-10 files (needs a network)")
+        g.add_argument("--checkpoint-seconds", type=float, default=Runtime.checkpoint_seconds,
+                       help=f"checkpoint interval (default: {Runtime.checkpoint_seconds:g})")
     g.add_argument("--deterministic", action="store_true", help="strict deterministic kernels (repeatable on GPU, slower)")
-    g.add_argument("--checkpoint-seconds", type=float, default=300.0, help="checkpoint interval (default: 300)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     from .config import MEMORY_FORMATS
 
@@ -78,8 +82,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def from_args(args: argparse.Namespace) -> Runtime:
-    """The Runtime of parsed ``add_arguments`` flags."""
+    """The Runtime of parsed ``add_arguments`` flags (a flag the subcommand does not offer keeps its default)."""
     return Runtime(device=args.device, threads=args.threads, data_root=args.data_root, verify=not args.no_verify,
-                   download=args.download, checkpoint_seconds=args.checkpoint_seconds,
+                   download=getattr(args, "download", Runtime.download),
+                   checkpoint_seconds=getattr(args, "checkpoint_seconds", Runtime.checkpoint_seconds),
                    deterministic=args.deterministic, progress=not args.no_progress,
                    memory_format=args.memory_format)
