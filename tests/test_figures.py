@@ -1,14 +1,23 @@
 """The figures say what the data say, and no more: a trend is drawn only where enough rewind points were
 run, labels and legends hide no data, curves that cross stay distinguishable, and every figure of the
-report also exists as a vector file.
+report also exists as a vector file; `snakemake --report` shows the figures by family, the tables and
+the report.
 
 The tables are hand-made (the columns the figures read, values chosen to provoke each failure), so these
-tests draw in well under a second and need no training."""
+tests draw in seconds and need no training; the Snakemake report is built from the committed quick
+results."""
 
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -17,6 +26,7 @@ import pytest
 from matplotlib.colors import to_rgb
 from matplotlib.lines import Line2D
 
+from conftest import REPO
 from ticketbench.report import figures
 
 ALPHAS = np.linspace(0, 1, 11)
@@ -74,7 +84,7 @@ def inside(inner, outer) -> bool:
 def barrier_panel(drawn, ks: list[int], barrier) -> plt.Axes:
     jobs = jobs_table("stab", "stabilized", ks)
     inst = instability_table(jobs, {(k, lv): barrier(k, lv) for k in ks for lv in (0, LEVELS)})
-    assert figures.stabilized_instability_figure(jobs, inst, "stab", "test", figures.Path("unused"))
+    assert figures.stabilized_instability_figure(jobs, inst, "stab", "test", Path("unused"))
     return drawn[-1].axes[0]
 
 
@@ -130,7 +140,7 @@ def test_the_saleem_eigenvalue_legend_sits_beside_the_panels_not_on_them(drawn):
     """The eigenvalues fill their panel, lambda_1 along its top: any place inside the axes hides or
     crowds a curve, whatever the data, so the legend goes outside, clear of every panel."""
     jobs = jobs_table("saleem", "saleem", [10], seeds=(0,)).assign(experiment="saleem")
-    assert figures.saleem_levels_figure(jobs, hessian_table(jobs), "saleem", "test", figures.Path("unused"))
+    assert figures.saleem_levels_figure(jobs, hessian_table(jobs), "saleem", "test", Path("unused"))
     fig = drawn[-1]
     renderer = fig.canvas.get_renderer()
     legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
@@ -154,7 +164,7 @@ def test_successive_level_pairs_differ_in_hue_and_marker(drawn, pairs):
     """Shades of one colour cannot be told apart where the paths cross: the first pairs get clearly
     different hues, and every pair its own (hue, marker)."""
     jobs = jobs_table("saleem", "saleem", [10]).assign(experiment="saleem")
-    assert figures.saleem_successive_figure(jobs, successive_table(pairs), "saleem", "test", figures.Path("unused"))
+    assert figures.saleem_successive_figure(jobs, successive_table(pairs), "saleem", "test", Path("unused"))
     for ax in drawn[-1].axes:
         lines = data_lines(ax)
         assert len(lines) == pairs
@@ -183,3 +193,37 @@ def test_every_figure_is_also_an_svg_and_both_are_byte_identical_on_redraw(tmp_p
         assert ET.parse(svg).getroot().tag == "{http://www.w3.org/2000/svg}svg"
         for f in (png, svg):
             assert f.read_bytes() == (tmp_path / "b" / f.name).read_bytes(), f.name
+
+
+# --------------------------------------------------------------------------------------------------
+# Snakemake's report (the Snakemake catalog's convention: `snakemake --report report.html`)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_snakemake_report_shows_the_figures_per_family_the_tables_and_the_report(tmp_path):
+    """Built from the committed quick results without running any job (no runs, no .snakemake
+    metadata): what a reviewer gets from the workflow's own report command."""
+    for name in ("Snakefile", "workflow", "profiles"):
+        (tmp_path / name).symlink_to(REPO / name)
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    committed = REPO / "results" / "quick"
+    shutil.copytree(committed, tmp_path / "results" / "quick", ignore=shutil.ignore_patterns("runs", "logs"))
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run([str(bin_dir / "snakemake"), "--configfile", "config/quick.yaml", "--report", "report.html"],
+                          cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout
+    html = (tmp_path / "report.html").read_text()
+    categories = json.loads(re.search(r"var categories = (\{.*?\});\n", html).group(1))
+    index = pd.read_csv(committed / "tables" / "figures.csv")
+    drawn = sorted(index.loc[index["drawn"], "figure"])
+    shown = {cat: sorted(Path(f).name for files in sub.values() for f in files) for cat, sub in categories.items()}
+    assert shown.pop("report") == ["metrics.json", "report.html", "report.md"]
+    assert shown.pop("tables") == sorted(f.name for f in (committed / "tables").glob("*.csv"))
+    assert set(shown) == {"lth", "stabilized", "saleem"}
+    assert all(name.startswith(f"{family}_") for family, names in shown.items() for name in names)
+    assert sorted(name for names in shown.values() for name in names) == drawn
+    results = json.loads(re.search(r"var results = (\{.*?\});\n", html).group(1))
+    labels = {Path(f).name: r["labels"] for f, r in results.items()}
+    for name, caption in index.loc[index["drawn"], ["figure", "caption"]].itertuples(index=False):
+        assert labels[name] == {"figure": name.removesuffix(".png"), "caption": caption}  # as report.md has it
