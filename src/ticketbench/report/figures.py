@@ -7,8 +7,9 @@ from dense (left) to sparse (right), as in the papers. PNGs and SVGs carry fixed
 written atomically, so drawing the same tables twice gives byte-identical files (DVC and the tests rely
 on it).
 
-Each ``*_figure`` function returns the PNGs it wrote (each with its SVG, :func:`vector_of`); :func:`draw_all` picks the figures that a
-family's data supports and skips (and reports) the ones whose analysis was not run at this scale.
+Each ``*_figure`` function returns the PNGs it wrote (each has its SVG, :func:`vector_of`);
+:func:`draw_all` picks the figures that a family's data supports and skips (and reports) the ones whose
+analysis was not run at this scale.
 """
 
 from __future__ import annotations
@@ -202,7 +203,7 @@ def lth_early_stop_figure(jobs: pd.DataFrame, experiment: str, scale: str, out: 
 
 
 STABLE_PP = 2.0  # LMC Sec. 3: a network is stable when the error barrier between its copies is < 2 pp
-MIN_K_FOR_A_LINE = 3
+MIN_K_FOR_A_LINE = 3  # rewind points needed before barriers vs. k are joined into a curve
 
 
 def _k_label(k: float) -> str:
