@@ -77,7 +77,7 @@ def test_tables_do_not_depend_on_where_the_results_live(reported, tmp_path):
 def test_missing_analysis_is_reported_and_malformed_one_rejected(reported, tmp_path):
     out, config = reported
     index = pd.read_csv(out / "tables" / "figures.csv").set_index("figure")
-    assert sorted(index.index[index["drawn"]]) == sorted(p.name for p in (out / "figures").iterdir())
+    assert sorted(index.index[index["drawn"]]) == sorted(p.name for p in (out / "figures").glob("*.png"))
     data = document.read_tables(out)
     stab = {"jobs": data["jobs"][data["jobs"]["family"] == "stabilized"], "instability": None}
     drawn, skipped = figures.draw_all(stab, "tiny", tmp_path / "figures")
@@ -106,11 +106,13 @@ def test_figures_of_every_family_are_drawn_and_byte_identical_on_rerun(reported,
     assert names == {"lth_accuracy_lth_tiny.png", "lth_early_stop_lth_tiny.png", "stabilized_accuracy_stab_tiny.png",
                      "stabilized_instability_stab_tiny.png", "saleem_methods_saleem_tiny.png", "saleem_levels_saleem_tiny.png",
                      "saleem_hessian_saleem_tiny.png", "saleem_successive_saleem_tiny.png"}
+    # Each PNG has its SVG beside it, and the folder holds nothing else.
+    assert {p.name for p in (out / "figures").iterdir()} == names | {n.replace(".png", ".svg") for n in names}
     again = tmp_path / "tiny"
     shutil.copytree(out / "runs", again / "runs")
     assert cli.main(["report", str(again), "--config", str(config), "--claims", str(CLAIMS)]) == 0
-    for name in sorted(names) + ["report.md", "report.html", "metrics.json"]:
-        folder = "figures/" if name.endswith(".png") else ""
+    for name in sorted(p.name for p in (out / "figures").iterdir()) + ["report.md", "report.html", "metrics.json"]:
+        folder = "figures/" if name.endswith((".png", ".svg")) else ""
         assert (again / folder / name).read_bytes() == (out / folder / name).read_bytes(), name
 
 

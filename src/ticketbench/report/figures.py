@@ -1,12 +1,15 @@
-"""The papers' key figures (seaborn, PNG), drawn from the tidy tables only.
+"""The papers' key figures (seaborn; PNG for the report, SVG beside each for print), drawn from the
+tidy tables only.
 
 Every curve is the mean over seeds with a min-max band (the LTH's and Stabilizing's error bars:
 "min and max of any trial"). Sparsity is shown as % of weights remaining on a log axis that runs
-from dense (left) to sparse (right), as in the papers. PNGs carry fixed metadata and are written
-atomically, so drawing the same tables twice gives byte-identical files (DVC and the tests rely on it).
+from dense (left) to sparse (right), as in the papers. PNGs and SVGs carry fixed metadata and are
+written atomically, so drawing the same tables twice gives byte-identical files (DVC and the tests rely
+on it).
 
-Each ``*_figure`` function returns the files it wrote; :func:`draw_all` picks the figures that a
-family's data supports and skips (and reports) the ones whose analysis was not run at this scale.
+Each ``*_figure`` function returns the PNGs it wrote (each has its SVG, :func:`vector_of`);
+:func:`draw_all` picks the figures that a family's data supports and skips (and reports) the ones whose
+analysis was not run at this scale.
 """
 
 from __future__ import annotations
@@ -31,20 +34,45 @@ BRANCH_LABELS = {"imp": "IMP (winning ticket)", "random_reinit": "random reinit"
                  "oneshot": "one-shot pruning", "finetune": "fine-tuning", "copy": "SGD-noise copy"}
 _PALETTE = sns.color_palette("colorblind", 10)
 # Distinct hues (the palette's orange and vermillion are too close to tell apart) and marker shapes, so
-# that overlapping curves stay distinguishable in print and for colour-blind readers.
-BRANCH_COLORS = dict(zip(BRANCH_LABELS.values(), [_PALETTE[i] for i in (0, 1, 2, 4, 5, 7)]))
-BRANCH_MARKERS = dict(zip(BRANCH_LABELS.values(), ["o", "s", "^", "D", "v", "X"]))
+# that overlapping curves stay distinguishable in print and for colour-blind readers. Curves are paired
+# with (hue, marker) in order; the two cycles have coprime lengths, so 72 curves get distinct pairs.
+HUES = [_PALETTE[i] for i in (0, 1, 2, 4, 5, 7, 8, 9)]
+MARKERS = ["o", "s", "^", "D", "v", "X", "P", "*", "<"]
+BRANCH_COLORS = dict(zip(BRANCH_LABELS.values(), HUES))
+BRANCH_MARKERS = dict(zip(BRANCH_LABELS.values(), MARKERS))
 BAND = ("pi", 100)  # the band spans min..max over seeds
 REMAINING = "weights remaining (%)"
 ACCURACY = "test accuracy (%)"
 
 
-def save_png(fig: plt.Figure, path: Path) -> None:
-    """Write a figure atomically with fixed metadata, so reruns give byte-identical PNGs."""
+def _encode(fig: plt.Figure, fmt: str) -> bytes:
+    """The figure's bytes without a date, software version or random ids, so reruns are byte-identical."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
+    if fmt == "svg":
+        with plt.rc_context({"svg.hashsalt": "ticketbench"}):  # clip-path and glyph ids, else random
+            fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
+    else:
+        fig.savefig(buf, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def save_png(fig: plt.Figure, path: Path) -> None:
+    """Write a figure as PNG, atomically."""
+    atomic_write(path, _encode(fig, "png"))
     plt.close(fig)
-    atomic_write(path, buf.getvalue())
+
+
+def vector_of(png: Path) -> Path:
+    """The SVG drawn beside a report figure's PNG: the same figure, scalable, for print and zooming in."""
+    return png.with_suffix(".svg")
+
+
+def save(fig: plt.Figure, png: Path) -> None:
+    """Write a report figure: the PNG the report embeds and its SVG (:func:`vector_of`). The PNG is
+    rendered first, so that it is the PNG that :func:`save_png` would have written."""
+    atomic_write(png, _encode(fig, "png"))
+    atomic_write(vector_of(png), _encode(fig, "svg"))
+    plt.close(fig)
 
 
 def _theme() -> None:
@@ -142,7 +170,7 @@ def lth_accuracy_figure(jobs: pd.DataFrame, experiment: str, scale: str, out: Pa
     fig = _accuracy_figure(df, ("imp", "random_reinit", "random_prune"))
     _title(fig, "Frankle & Carbin 2019, Figs. 3-5: winning tickets vs. random reinit and random pruning", experiment, df, scale)
     path = out / f"lth_accuracy_{experiment}.png"
-    save_png(fig, path)
+    save(fig, path)
     return [(path, f"{experiment}: test accuracy vs. weights remaining for IMP, random reinitialization and random "
                    f"pruning (Frankle & Carbin 2019, Figs. 3-5)")]
 
@@ -164,7 +192,7 @@ def lth_early_stop_figure(jobs: pd.DataFrame, experiment: str, scale: str, out: 
     ax.legend(title=None, fontsize="small")
     _title(fig, "Frankle & Carbin 2019, Figs. 3-5: iteration of minimum validation loss", experiment, df, scale)
     path = out / f"lth_early_stop_{experiment}.png"
-    save_png(fig, path)
+    save(fig, path)
     return [(path, f"{experiment}: early-stop iteration (minimum validation loss) vs. weights remaining "
                    f"(Frankle & Carbin 2019, Figs. 3-5)")]
 
@@ -172,6 +200,10 @@ def lth_early_stop_figure(jobs: pd.DataFrame, experiment: str, scale: str, out: 
 # --------------------------------------------------------------------------------------------------
 # Frankle et al. 2019/2020 (Stabilizing the LTH; Linear Mode Connectivity)
 # --------------------------------------------------------------------------------------------------
+
+
+STABLE_PP = 2.0  # LMC Sec. 3: a network is stable when the error barrier between its copies is < 2 pp
+MIN_K_FOR_A_LINE = 3  # rewind points needed before barriers vs. k are joined into a curve
 
 
 def _k_label(k: float) -> str:
@@ -192,7 +224,7 @@ def stabilized_accuracy_figure(jobs: pd.DataFrame, group: pd.DataFrame, name: st
     ax.legend(title="rewind point (iterations)", fontsize="small")
     _title(fig, "Frankle et al. 2019/2020: IMP with rewinding to step k, final test accuracy", name, group, scale)
     path = out / f"stabilized_accuracy_{_slug(name)}.png"
-    save_png(fig, path)
+    save(fig, path)
     return [(path, f"{name}: IMP subnetworks rewound to step k, final test accuracy vs. weights remaining "
                    f"(Stabilizing the LTH Fig. 5; LMC Fig. 7)")]
 
@@ -213,18 +245,26 @@ def stabilized_instability_figure(group: pd.DataFrame, instability: pd.DataFrame
     b = barriers(inst)
     b = b.assign(subnetwork=b["level"].map(label), barrier_pp=b["barrier"])
     levels = sorted(b["level"].unique())
+    ks = sorted(b["rewind_step"].unique())
     _theme()
     fig, (ax1, ax2) = _subplots(1, 2, figsize=(12.4, 4.6))
+    # A line through two or fewer rewind points would draw a trend between k's that were never run:
+    # there, the points stand alone, their min-max spread as error bars.
+    sparse_grid = dict(linestyle="", err_style="bars", markersize=8) if len(ks) < MIN_K_FOR_A_LINE else {}
     sns.lineplot(data=b, x="rewind_step", y="barrier_pp", hue="subnetwork", hue_order=[label(lv) for lv in levels],
-                 marker="o", errorbar=BAND, ax=ax1, palette="rocket")
-    ks = sorted(b["rewind_step"].unique())
+                 marker="o", errorbar=BAND, ax=ax1, palette="rocket", **sparse_grid)
     if len(ks) > 1 and ks[0] == 0:
         ax1.set_xscale("symlog", linthresh=max(1.0, ks[1]))
     ax1.xaxis.set_major_locator(FixedLocator(ks))
     ax1.xaxis.set_minor_locator(NullLocator())
     ax1.set_xticklabels([f"{k:g}" for k in ks])
-    ax1.axhline(2.0, color="0.5", ls="--", lw=1)
-    ax1.text(ax1.get_xlim()[1], 2.0, " stable: < 2 pp", va="bottom", ha="right", fontsize="x-small", color="0.4")
+    ax1.margins(x=0.1)
+    ax1.axhline(STABLE_PP, color="0.5", ls="--", lw=1)
+    # Anchored to the left edge of the axes (x in axes units), so it stays inside whatever the k range;
+    # the y range leaves room above the threshold for it when every barrier is below it.
+    ax1.set_ylim(top=max(ax1.get_ylim()[1], 1.5 * STABLE_PP))
+    ax1.text(0.01, STABLE_PP, f"stable: < {STABLE_PP:g} pp", transform=ax1.get_yaxis_transform(), va="bottom",
+             ha="left", fontsize="x-small", color="0.4")
     ax1.set_xlabel("rewind point k (iterations)")
     ax1.set_ylabel("error barrier (pp of test error)")
     ax1.set_title("instability: error barrier between two copies", fontsize="medium")
@@ -241,7 +281,7 @@ def stabilized_instability_figure(group: pd.DataFrame, instability: pd.DataFrame
     ax2.legend(title="rewind point (iterations)", fontsize="small")
     _title(fig, "Frankle et al. 2020 (LMC): instability analysis", name, group, scale)
     path = out / f"stabilized_instability_{_slug(name)}.png"
-    save_png(fig, path)
+    save(fig, path)
     return [(path, f"{name}: error barrier between two copies trained from step k with different SGD noise "
                    f"(dense network and IMP subnetworks), and the test error along the path (LMC Figs. 2-5)")]
 
@@ -257,7 +297,7 @@ def saleem_methods_figure(jobs: pd.DataFrame, experiment: str, scale: str, out: 
     _title(fig, "Saleem et al. 2024: IMP vs. one-shot pruning, fine-tuning, random reinit and random pruning",
            experiment, df, scale)
     path = out / f"saleem_methods_{experiment}.png"
-    save_png(fig, path)
+    save(fig, path)
     return [(path, f"{experiment}: IMP with rewinding vs. one-shot magnitude pruning, fine-tuning (Renda et al. 2020), "
                    f"random reinitialization and random pruning at the same per-layer sparsity")]
 
@@ -294,7 +334,8 @@ def saleem_levels_figure(jobs: pd.DataFrame, hessian: pd.DataFrame | None, exper
         _log_if_wide(ax[2], eig["value"])
         ax[2].set_ylabel("eigenvalue of the training-loss Hessian")
         ax[2].set_title(f"top {len(ranks)} Hessian eigenvalues (unpruned coordinates)", fontsize="medium")
-        ax[2].legend(title=None, fontsize="x-small", ncol=2)
+        # Outside the axes: the top eigenvalue runs along the top of the panel, where a legend would sit.
+        ax[2].legend(title=None, fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         vol = hessian_quantity(h, "log_volume")
         method = vol["method"].dropna().iloc[0] if "method" in vol and vol["method"].notna().any() else ""
         sns.lineplot(data=vol, x=REMAINING, y="value", marker="o", errorbar=BAND, ax=ax[3], color="C4")
@@ -304,7 +345,7 @@ def saleem_levels_figure(jobs: pd.DataFrame, hessian: pd.DataFrame | None, exper
         _remaining_axis(a, d["density"])
     _title(fig, "Saleem et al. 2024: the IMP solution at each level", experiment, df, scale)
     path = out / f"saleem_levels_{experiment}.png"
-    save_png(fig, path)
+    save(fig, path)
     note = "" if has_h else " (Hessian analysis not run at this scale)"
     return [(path, f"{experiment}: per IMP level, training loss, test accuracy, top Hessian eigenvalues and "
                    f"log-volume of the trained network (Saleem et al. 2024){note}")]
@@ -334,7 +375,7 @@ def saleem_hessian_figure(jobs: pd.DataFrame, hessian: pd.DataFrame, experiment:
     _title(fig, "Saleem et al. 2024: curvature of IMP's solutions vs. the baselines'", experiment,
            jobs[jobs["experiment"] == experiment], scale)
     path = out / f"saleem_hessian_{experiment}.png"
-    save_png(fig, path)
+    save(fig, path)
     return [(path, f"{experiment}: top Hessian eigenvalue and basin log-volume of the trained networks of IMP and "
                    f"the baselines analysed, vs. weights remaining")]
 
@@ -352,12 +393,16 @@ def saleem_successive_figure(jobs: pd.DataFrame, successive: pd.DataFrame, exper
     s = s.assign(pair=[f"level {int(a)} → {int(b)}" for a, b in zip(s["level"], s["level_b"])],
                  loss=s[SUCCESSIVE_LOSS].astype(float))
     order = [f"level {lv} → {lv + 1}" for lv in sorted(s["level"].astype(int).unique())]
+    # One hue and one marker shape per pair (not shades of one colour): the paths cross and overlap.
+    colors = {pair: HUES[i % len(HUES)] for i, pair in enumerate(order)}
+    markers = {pair: MARKERS[i % len(MARKERS)] for i, pair in enumerate(order)}
     modes = [m for m in ("common", "none") if (s["mask"] == m).any()]
     _theme()
     fig, axes = _subplots(1, len(modes), figsize=(6.2 * len(modes), 4.6), squeeze=False, sharey=True)
     for ax, mode in zip(axes[0], modes):
         sns.lineplot(data=s[s["mask"] == mode], x="alpha", y="loss", hue="pair", hue_order=order, errorbar=BAND,
-                     palette="crest", ax=ax)
+                     palette=colors, style="pair", style_order=order, markers=markers, dashes=False, markersize=5,
+                     ax=ax)
         ax.set_xlabel("interpolation coefficient α (0 = level L, 1 = level L+1)")
         ax.set_ylabel("training loss (cross-entropy, nats)")
         ax.set_title(MASK_LABELS.get(mode, mode), fontsize="medium")
@@ -365,7 +410,7 @@ def saleem_successive_figure(jobs: pd.DataFrame, successive: pd.DataFrame, exper
     _title(fig, "Saleem et al. 2024 / Paul et al. 2023: loss between successive IMP solutions", experiment,
            jobs[jobs["experiment"] == experiment], scale)
     path = out / f"saleem_successive_{experiment}.png"
-    save_png(fig, path)
+    save(fig, path)
     return [(path, f"{experiment}: training loss along the linear path between the solutions of IMP levels L and L+1")]
 
 

@@ -1,0 +1,229 @@
+"""The figures say what the data say, and no more: a trend is drawn only where enough rewind points were
+run, labels and legends hide no data, curves that cross stay distinguishable, and every figure of the
+report also exists as a vector file; `snakemake --report` shows the figures by family, the tables and
+the report.
+
+The tables are hand-made (the columns the figures read, values chosen to provoke each failure), so these
+tests draw in seconds and need no training; the Snakemake report is built from the committed quick
+results."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.colors import to_rgb
+from matplotlib.lines import Line2D
+
+from conftest import REPO
+from ticketbench.report import figures
+
+ALPHAS = np.linspace(0, 1, 11)
+LEVELS = 3  # IMP levels 0..3 pruning 50 % per level, as the quick run does
+
+
+def jobs_table(experiment: str, family: str, ks: list[int] = (0,), seeds: tuple[int, ...] = (0, 1)) -> pd.DataFrame:
+    """IMP levels of one experiment per rewind point k (one group, as a k sweep is one group)."""
+    rows = [{"experiment": f"{experiment}_k{k}", "family": family, "group": "g0", "network": "resnet20",
+             "dataset": "cifar10", "seed": s, "rewind_step": k, "branch": "imp", "level": lv, "density": 0.5 ** lv,
+             "final_test_acc": 0.9 - 0.01 * lv + 0.002 * s, "early_stop_test_acc": np.nan, "early_stop_step": np.nan,
+             "final_train_loss": 0.1 + 0.01 * lv}
+            for k in ks for s in seeds for lv in range(LEVELS + 1)]
+    return pd.DataFrame(rows)
+
+
+def instability_table(jobs: pd.DataFrame, barrier: dict[tuple[int, int], float]) -> pd.DataFrame:
+    """Copy-pair paths whose error rises by ``barrier[(k, level)]`` pp in the middle (a tent: 20 % at
+    the ends, the barrier at alpha = 0.5), for the dense net and the sparsest level."""
+    rows = []
+    for (exp, k, seed), _ in jobs.groupby(["experiment", "rewind_step", "seed"]):
+        for level in (0, LEVELS):
+            tent = 0.20 + barrier[(k, level)] / 100 * (1 - np.abs(2 * ALPHAS - 1))
+            rows += [{"experiment": exp, "group": "g0", "seed": seed, "rewind_step": k, "level": level, "pair": 0,
+                      "alpha": a, "test_error": e} for a, e in zip(ALPHAS, tent)]
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures the next draw makes, kept open (nothing written) for inspection."""
+    kept: list[plt.Figure] = []
+
+    def keep(fig, png):
+        fig.canvas.draw()  # lays the figure out as savefig would, so extents are final
+        kept.append(fig)
+
+    monkeypatch.setattr(figures, "save", keep)
+    yield kept
+    for fig in kept:
+        plt.close(fig)
+
+
+def data_lines(ax: plt.Axes) -> list[Line2D]:
+    """The visible curves of the data (seaborn's), not reference lines drawn across the axes (axhline)
+    nor the invisible carriers of error bars."""
+    visible = lambda ln: ln.get_linestyle() != "None" or ln.get_marker() not in ("None", None, "")  # noqa: E731
+    return [ln for ln in ax.lines if len(ln.get_xdata()) > 1 and ln.get_transform() == ax.transData and visible(ln)]
+
+
+def inside(inner, outer) -> bool:
+    return outer.x0 <= inner.x0 and inner.x1 <= outer.x1 and outer.y0 <= inner.y0 and inner.y1 <= outer.y1
+
+
+def barrier_panel(drawn, ks: list[int], barrier) -> plt.Axes:
+    jobs = jobs_table("stab", "stabilized", ks)
+    inst = instability_table(jobs, {(k, lv): barrier(k, lv) for k in ks for lv in (0, LEVELS)})
+    assert figures.stabilized_instability_figure(jobs, inst, "stab", "test", Path("unused"))
+    return drawn[-1].axes[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Instability (LMC Figs. 3, 5)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_two_rewind_points_are_shown_as_points_and_three_as_a_curve(drawn):
+    """Two k's give no trend to draw: a line between them would claim a shape nobody measured."""
+    two = barrier_panel(drawn, [0, 20], lambda k, lv: 30.0 if k == 0 else 1.0)
+    assert data_lines(two) and all(ln.get_linestyle() == "None" and ln.get_marker() == "o" for ln in data_lines(two))
+    three = barrier_panel(drawn, [0, 20, 100], lambda k, lv: 30.0 / (1 + k))
+    assert data_lines(three) and all(ln.get_linestyle() == "-" for ln in data_lines(three))
+
+
+@pytest.mark.parametrize("ks,barrier", [
+    ([0, 20], lambda k, lv: 60.0 if k == 0 else 3.0),        # the quick run: unstable dense net, wide y range
+    ([0, 20], lambda k, lv: 0.3 + 0.1 * lv),                  # every network stable: all barriers under 2 pp
+    ([0, 100, 500, 2000, 10000], lambda k, lv: 40.0 / (1 + k / 100)),  # a paper-scale grid on a symlog axis
+])
+def test_the_stability_threshold_and_its_label_lie_inside_the_panel(drawn, ks, barrier):
+    ax = barrier_panel(drawn, ks, barrier)
+    renderer = drawn[-1].canvas.get_renderer()
+    label = next(t for t in ax.texts if t.get_text().startswith("stable"))
+    assert label.get_text() == "stable: < 2 pp"
+    assert inside(label.get_window_extent(renderer), ax.get_window_extent(renderer))
+    lo, hi = ax.get_ylim()
+    assert lo < figures.STABLE_PP < hi
+
+
+# --------------------------------------------------------------------------------------------------
+# Saleem et al. 2024
+# --------------------------------------------------------------------------------------------------
+
+
+# The top five eigenvalues per level of the quick run's Saleem ResNet-20 (rounded): they fill the panel,
+# lambda_1 along its top, so no corner inside the axes is free for a legend.
+EIGENVALUES = [[243, 113, 42, 24, 15], [185, 92, 62, 40, 20], [130, 75, 38, 27, 24], [145, 105, 61, 33, 21]]
+
+
+def hessian_table(jobs: pd.DataFrame) -> pd.DataFrame:
+    """:data:`EIGENVALUES` for every seed, and a log-volume per level."""
+    imp = jobs[jobs["branch"] == "imp"]
+    rows = [{**r, "quantity": "eigenvalue", "index": i, "value": v * (1 + 0.01 * r["seed"]), "method": ""}
+            for r in imp.to_dict("records") for i, v in enumerate(EIGENVALUES[r["level"]])]
+    rows += [{**r, "quantity": "log_volume", "index": 0, "value": -10.0 + 0.1 * r["level"], "method": "ellipsoid"}
+             for r in imp.to_dict("records")]
+    return pd.DataFrame(rows)
+
+
+def test_the_saleem_eigenvalue_legend_sits_beside_the_panels_not_on_them(drawn):
+    """The eigenvalues fill their panel, lambda_1 along its top: any place inside the axes hides or
+    crowds a curve, whatever the data, so the legend goes outside, clear of every panel."""
+    jobs = jobs_table("saleem", "saleem", [10], seeds=(0,)).assign(experiment="saleem")
+    assert figures.saleem_levels_figure(jobs, hessian_table(jobs), "saleem", "test", Path("unused"))
+    fig = drawn[-1]
+    renderer = fig.canvas.get_renderer()
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    assert [t.get_text() for lg in legends for t in lg.get_texts()] == ["λ1", "λ2", "λ3", "λ4", "λ5"]
+    box = legends[0].get_window_extent(renderer)
+    assert inside(box, fig.bbox), "the legend is not cut off"
+    for ax in fig.axes:
+        assert not box.overlaps(ax.get_window_extent(renderer)), ax.get_title()
+
+
+def successive_table(pairs: int) -> pd.DataFrame:
+    """Loss paths between levels L and L+1 that all cross near the middle, in both mask modes."""
+    rows = [{"experiment": "saleem", "seed": 0, "level": lv, "level_b": lv + 1, "mask": mask, "alpha": a,
+             "train_loss": 0.5 + (lv + 1) * 0.2 * abs(a - 0.5)}
+            for mask in ("common", "none") for lv in range(pairs) for a in ALPHAS]
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("pairs", [3, 12])
+def test_successive_level_pairs_differ_in_hue_and_marker(drawn, pairs):
+    """Shades of one colour cannot be told apart where the paths cross: the first pairs get clearly
+    different hues, and every pair its own (hue, marker)."""
+    jobs = jobs_table("saleem", "saleem", [10]).assign(experiment="saleem")
+    assert figures.saleem_successive_figure(jobs, successive_table(pairs), "saleem", "test", Path("unused"))
+    for ax in drawn[-1].axes:
+        lines = data_lines(ax)
+        assert len(lines) == pairs
+        styles = [(to_rgb(ln.get_color()), ln.get_marker()) for ln in lines]
+        assert len(set(styles)) == pairs
+        first = [rgb for rgb, _ in styles[:len(figures.HUES)]]
+        assert min(np.linalg.norm(np.subtract(a, b)) for a, b in itertools.combinations(first, 2)) > 0.25
+
+
+# --------------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------------
+
+
+def test_every_figure_is_also_an_svg_and_both_are_byte_identical_on_redraw(tmp_path):
+    jobs = jobs_table("stab", "stabilized", [0, 20])
+    data = {"jobs": jobs, "instability": instability_table(jobs, {(k, lv): 5.0 for k in (0, 20) for lv in (0, LEVELS)})}
+    drawn, _ = figures.draw_all(data, "test", tmp_path / "a")
+    figures.draw_all(data, "test", tmp_path / "b")
+    assert [p.suffix for p, _ in drawn] == [".png", ".png"]
+    assert sorted(f.name for f in (tmp_path / "a").iterdir()) == sorted(
+        f.name for p, _ in drawn for f in (p, figures.vector_of(p)))
+    for png, _ in drawn:
+        svg = figures.vector_of(png)
+        assert svg.parent == png.parent and svg.stem == png.stem
+        assert ET.parse(svg).getroot().tag == "{http://www.w3.org/2000/svg}svg"
+        for f in (png, svg):
+            assert f.read_bytes() == (tmp_path / "b" / f.name).read_bytes(), f.name
+
+
+# --------------------------------------------------------------------------------------------------
+# Snakemake's report (the Snakemake catalog's convention: `snakemake --report report.html`)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_snakemake_report_shows_the_figures_per_family_the_tables_and_the_report(tmp_path):
+    """Built from the committed quick results without running any job (no runs, no .snakemake
+    metadata): what a reviewer gets from the workflow's own report command."""
+    for name in ("Snakefile", "workflow", "profiles"):
+        (tmp_path / name).symlink_to(REPO / name)
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    committed = REPO / "results" / "quick"
+    shutil.copytree(committed, tmp_path / "results" / "quick", ignore=shutil.ignore_patterns("runs", "logs"))
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run([str(bin_dir / "snakemake"), "--configfile", "config/quick.yaml", "--report", "report.html"],
+                          cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout
+    html = (tmp_path / "report.html").read_text()
+    categories = json.loads(re.search(r"var categories = (\{.*?\});\n", html).group(1))
+    index = pd.read_csv(committed / "tables" / "figures.csv")
+    drawn = sorted(index.loc[index["drawn"], "figure"])
+    shown = {cat: sorted(Path(f).name for files in sub.values() for f in files) for cat, sub in categories.items()}
+    assert shown.pop("report") == ["metrics.json", "report.html", "report.md"]
+    assert shown.pop("tables") == sorted(f.name for f in (committed / "tables").glob("*.csv"))
+    assert set(shown) == {"lth", "stabilized", "saleem"}
+    assert all(name.startswith(f"{family}_") for family, names in shown.items() for name in names)
+    assert sorted(name for names in shown.values() for name in names) == drawn
+    results = json.loads(re.search(r"var results = (\{.*?\});\n", html).group(1))
+    labels = {Path(f).name: r["labels"] for f, r in results.items()}
+    for name, caption in index.loc[index["drawn"], ["figure", "caption"]].itertuples(index=False):
+        assert labels[name] == {"figure": name.removesuffix(".png"), "caption": caption}  # as report.md has it
