@@ -77,18 +77,27 @@ def paper_experiments(workflow_config: Path) -> dict[str, Any]:
     return (yaml.safe_load(path.read_text()) or {}).get("experiments") or {}
 
 
-def of_workflow(workflow: Mapping[str, Any], paper: Mapping[str, Any]) -> dict[str, list[Deviation] | str]:
-    """experiment id -> its deviations from the paper experiment it shrinks, or why there are none to show
-    (it names no paper experiment, or one that config/config.yaml does not have)."""
-    out: dict[str, list[Deviation] | str] = {}
+@dataclass(frozen=True)
+class Shrunk:
+    """A reduced experiment against the paper experiment it names (``paper``), or why it cannot be."""
+
+    paper: str | None
+    found: list[Deviation]
+    problem: str = ""
+
+
+def of_workflow(workflow: Mapping[str, Any], paper: Mapping[str, Any]) -> dict[str, Shrunk]:
+    """experiment id -> its deviations from the paper experiment it shrinks, or the problem: it names no
+    paper experiment, or one that config/config.yaml does not have."""
+    out: dict[str, Shrunk] = {}
     for exp, spec in sorted(workflow.items()):
         target = spec.get(SHRINKS)
         if target is None:
-            out[exp] = f"names no paper experiment ({SHRINKS}: <experiment of config/{PAPER_CONFIG}>)"
+            out[exp] = Shrunk(None, [], f"names no paper experiment ({SHRINKS}: <experiment of config/{PAPER_CONFIG}>)")
         elif target not in paper:
-            out[exp] = f"{SHRINKS}: {target}: config/{PAPER_CONFIG} has no such experiment"
+            out[exp] = Shrunk(target, [], f"{SHRINKS}: {target}: config/{PAPER_CONFIG} has no such experiment")
         else:
-            out[exp] = deviations(spec, paper[target])
+            out[exp] = Shrunk(target, deviations(spec, paper[target]))
     return out
 
 
