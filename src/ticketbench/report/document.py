@@ -267,16 +267,18 @@ def _r(x: float) -> float | None:
 
 
 class _Sources:
-    """Short keys for the sources and tolerance notes of the claims, so that each long provenance
-    string is printed once, in one table, and rows cite it by key (S1, T1)."""
+    """Short keys for the papers, sources and tolerance notes of the claims, so that each long string is
+    printed once, in one table, and rows cite it by key (P1, S1, T1)."""
 
     def __init__(self, found: list[claims_mod.Result]):
+        self.papers: dict[str, str] = {}
         self.sources: dict[tuple[str, str, str], str] = {}
         self.tolerances: dict[str, str] = {}
         for r in found:
             self.cite(r.claim)
 
     def cite(self, c: dict[str, Any]) -> str:
+        self.papers.setdefault(c["paper"], f"P{len(self.papers) + 1}")
         src = (c["paper"], c["source_type"], c["source"])
         key = self.sources.setdefault(src, f"S{len(self.sources) + 1}")
         if c.get("tolerance"):
@@ -284,7 +286,7 @@ class _Sources:
         return key
 
     def table(self) -> pd.DataFrame:
-        return pd.DataFrame([{"key": k, "paper": p, "source": f"{t}{' **(secondary source)**' if _secondary(t) else ''}: {s}"}
+        return pd.DataFrame([{"key": k, "paper": self.papers[p], "source": f"{t}{' **(secondary source)**' if _secondary(t) else ''}: {s}"}
                              for (p, t, s), k in self.sources.items()])
 
     def tolerance_table(self) -> pd.DataFrame:
@@ -311,7 +313,7 @@ def _blocks(jobs: pd.DataFrame, found: list[claims_mod.Result], captions: dict[s
     elif gaps is None:
         b.append(("p", "**Completeness not checked**: no workflow config given (`--config`)."))
     b.append(("p", _headline_text(found)))
-    b.append(("table", _paper_counts(found)))
+    b.append(("table", _paper_counts(found, cite)))
     b.append(("p", "Every number is computed from the stored runs (`runs/`) by `ticketbench report`; `ticketbench "
                    "audit` re-checks the stored networks (docs/results.md). A check of a paper's number (*quantitative*) "
                    f"runs only on runs with the paper's protocol (the check's `protocol` in `{shown}`); at reduced "
@@ -323,7 +325,7 @@ def _blocks(jobs: pd.DataFrame, found: list[claims_mod.Result], captions: dict[s
     if not checked:
         b.append(("p", "None: no run matches a paper's protocol and no family experiment was run."))
     for paper, rows in _by_paper(checked, cite):
-        b.append(("h3", paper))
+        b.append(("h3", f"{cite.papers[paper]}: {paper}"))
         b.append(("table", rows))
     b.append(("h2", "Experiments"))
     b.append(("table", _experiments(jobs)))
@@ -371,12 +373,14 @@ def _headline_text(found: list[claims_mod.Result]) -> str:
             f"{some(claims_mod.DIRECTION)}. Claims the suite does not check: **{c[claims_mod.NOT_CHECKED][claims_mod.NOT_CHECKED]}**.")
 
 
-def _paper_counts(found: list[claims_mod.Result]) -> pd.DataFrame:
+def _paper_counts(found: list[claims_mod.Result], cite: _Sources) -> pd.DataFrame:
+    """Verdicts per paper; the one place a paper's full name is given beside its key."""
     rows: dict[str, dict[str, Any]] = {}
     for r in found:
-        row = rows.setdefault(r.claim["paper"], {"paper": r.claim["paper"], **{v: 0 for v in VERDICT_ORDER}})
+        paper = r.claim["paper"]
+        row = rows.setdefault(paper, {"key": cite.papers[paper], "paper": paper, **{v: 0 for v in VERDICT_ORDER}})
         row[r.verdict] += 1
-    return pd.DataFrame(list(rows.values()), columns=["paper", *VERDICT_ORDER])
+    return pd.DataFrame(list(rows.values()), columns=["key", "paper", *VERDICT_ORDER])
 
 
 def _claim_cell(c: dict[str, Any]) -> str:
