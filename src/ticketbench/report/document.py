@@ -368,9 +368,10 @@ def _headline_text(found: list[claims_mod.Result]) -> str:
 
     n_claims = len({r.claim["id"] for r in found})
     n_q, n_d = sum(c[claims_mod.QUANTITATIVE].values()), sum(c[claims_mod.DIRECTION].values())
-    return (f"**{n_claims} claims, {n_q + n_d} checks.** Quantitative checks (the paper's number): {n_q}: "
-            f"{some(claims_mod.QUANTITATIVE)}. Direction-only checks (the sign of an effect): {n_d}: "
-            f"{some(claims_mod.DIRECTION)}. Claims the suite does not check: **{c[claims_mod.NOT_CHECKED][claims_mod.NOT_CHECKED]}**.")
+    return (f"**{n_claims} claims, {n_q + n_d} checks.** {n_q} quantitative checks (the paper's number): "
+            f"{some(claims_mod.QUANTITATIVE)}. {n_d} direction-only checks (the sign of an effect): "
+            f"{some(claims_mod.DIRECTION)}. {c[claims_mod.NOT_CHECKED][claims_mod.NOT_CHECKED]} claims the suite "
+            "does not check.")
 
 
 def _paper_counts(found: list[claims_mod.Result], cite: _Sources) -> pd.DataFrame:
@@ -495,7 +496,7 @@ def _html(blocks: list[tuple[str, Any]], figs: Path, scale: str) -> str:
            "table{border-collapse:collapse;font-size:0.85em;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 6px;"
            "vertical-align:top}th{background:#f3f3f3}img{max-width:100%}figure{margin:2em 0}"
            ".reproduced{background:#e6f4e6}.not-reproduced{background:#fbe3e3}.not-run-at-this-scale{color:#666}"
-           ".not-checked{color:#999}")
+           ".inconclusive{background:#fdf6dc}.not-checked,.no-experiment-in-the-suite{color:#999}")
     out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>ticketbench results: {html.escape(scale)}</title>"
            f"<style>{css}</style></head><body>"]
     for kind, c in blocks:
