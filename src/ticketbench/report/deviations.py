@@ -63,12 +63,6 @@ def deviations(ours: Mapping[str, Any], paper: Mapping[str, Any]) -> list[Deviat
     return _with_schedule(out, ours, paper)
 
 
-def rewind_fraction(experiment: Mapping[str, Any]) -> float:
-    """The rewind point k as a fraction of training (k / T in iterations)."""
-    s = _schedule(experiment)
-    return s.rewind / s.total
-
-
 def paper_experiments(workflow_config: Path) -> dict[str, Any]:
     """The experiments of config/config.yaml, found beside the reduced workflow config; {} if there is none."""
     path = Path(workflow_config).parent / PAPER_CONFIG
