@@ -216,6 +216,20 @@ def test_report_outputs_name_no_folder_of_the_machine_that_built_them(reported):
         assert not MACHINE_PATH.findall((out / name).read_text()), name
 
 
+def test_experiments_table_gives_both_densities_and_the_reinit_start_or_says_they_were_not_recorded():
+    """Tables made before jobs recorded ``density_total`` and ``reinit_start`` lack those columns: the
+    report says so instead of guessing that the LTH's P_m equals the prunable density."""
+    old = frame(lth_rows([0.90, 0.91, 0.92], [0.89, 0.85]))
+    (row,) = document.experiments_table(old).to_dict("records")
+    assert row["sparsest: % of prunable weights (of all)"] == "64 (not recorded)"
+    assert row["random reinit trains from"] == "not recorded"
+    new = old.assign(density_total=old["density"] * 0.5 + 0.01,
+                     reinit_start=old["branch"].map({"random_reinit": "rewind"}))
+    (row,) = document.experiments_table(new).to_dict("records")
+    assert row["sparsest: % of prunable weights (of all)"] == "64 (33)"
+    assert row["random reinit trains from"] == "rewind"
+
+
 # --------------------------------------------------------------------------------------------------
 # Deviations: a reduced experiment against the paper experiment it shrinks
 # --------------------------------------------------------------------------------------------------
