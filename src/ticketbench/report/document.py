@@ -238,8 +238,11 @@ def headline(jobs: pd.DataFrame, found: list[claims_mod.Result], gaps: list[str]
     seeds); the count of claims per verdict (``claims``, all kinds, the key ``dvc metrics diff`` has
     always read), the same per kind of check (``checks``), and the number of gaps of partial results
     (``missing``, if the workflow config was given). Rounded so that ``dvc metrics diff`` is readable."""
+    by_kind = counts(found)
+    checks: dict[str, Any] = {_key(kind): {_key(v): n for v, n in by_kind[kind].items()} for kind in claims_mod.KINDS}
+    checks[_key(claims_mod.NOT_CHECKED)] = by_kind[claims_mod.NOT_CHECKED][claims_mod.NOT_CHECKED]
     out: dict[str, Any] = {"claims": {_key(v): sum(r.verdict == v for r in found) for v in VERDICT_ORDER},
-                           "checks": {_key(kind): {_key(v): n for v, n in c.items()} for kind, c in counts(found).items()}}
+                           "checks": checks}
     if gaps is not None:
         out["missing"] = len(gaps)
     for exp, df in jobs.groupby("experiment", sort=True):
