@@ -261,6 +261,16 @@ def test_deviations_are_every_protocol_key_that_differs_with_rewind_as_a_fractio
     assert deviations.deviations(paper, paper) == []
 
 
+def test_the_deviations_table_has_a_row_per_deviating_key_and_a_column_per_experiment():
+    paper = {"p": experiment()}
+    shrunk = deviations.of_workflow({"a": {**experiment("40it", "4it"), "shrinks": "p"},
+                                     "b": {**experiment(), "seeds": [0], "shrinks": "p"}}, paper)
+    table = document.deviations_table(shrunk).set_index("key")
+    assert list(table.columns) == ["a (shrinks p)", "b (shrinks p)"]
+    assert table.loc["seeds"].tolist() == ["", "1 (paper: 3)"]
+    assert table.loc["run.train.steps", "a (shrinks p)"] == "40it = 40 iterations (paper: 400it = 400 iterations)"
+
+
 def test_the_same_rewind_step_in_a_shorter_schedule_is_a_deviation_of_its_fraction():
     found = {d.key: (d.ours, d.paper) for d in deviations.deviations(experiment("40it", "4it"), experiment("400it", "4it"))}
     assert found["run.imp.rewind (fraction of training)"] == ("4it = 10 %", "4it = 1 %")

@@ -336,13 +336,10 @@ def _blocks(jobs: pd.DataFrame, found: list[claims_mod.Result], captions: dict[s
         b.append(("h2", "Deviations from the papers' protocols"))
         b.append(("p", "Computed from the workflow config: each experiment's run config, seeds, baselines and "
                        f"analyses against the experiment of config/{deviations.PAPER_CONFIG} it shrinks "
-                       f"(`{deviations.SHRINKS}:`). Keys as in the config files; \"not run\": the section is absent."))
-        for exp, d in devs.items():
-            if d.problem:
-                b.append(("p", f"`{exp}`: {d.problem}."))
-                continue
-            b.append(("h3", f"{exp} (shrinks {d.paper})"))
-            b.append(("table", pd.DataFrame([{"key": x.key, "ours": x.ours, "paper": x.paper} for x in d.found])))
+                       f"(`{deviations.SHRINKS}:`), one row per key in which any of them departs from it (keys as in "
+                       "the config files; \"not run\": the section is absent; blank: as the paper)."))
+        b += [("p", f"`{exp}`: {d.problem}.") for exp, d in devs.items() if d.problem]
+        b.append(("table", deviations_table(devs)))
     b.append(("h2", "Figures"))
     for name, caption in sorted(captions.items()):
         b.append(("figure", (name, caption)))
@@ -361,6 +358,17 @@ def _blocks(jobs: pd.DataFrame, found: list[claims_mod.Result], captions: dict[s
     if cite.tolerances:
         b.append(("table", cite.tolerance_table()))
     return b
+
+
+def deviations_table(devs: dict[str, deviations.Shrunk]) -> pd.DataFrame:
+    """One row per deviating key, one column per experiment: "ours (paper: theirs)", blank where the
+    experiment keeps the paper's value. Experiments of one family share most deviations, so a table per
+    experiment would print each of them several times."""
+    shown = {exp: d for exp, d in devs.items() if not d.problem}
+    cells = {exp: {x.key: f"{x.ours} (paper: {x.paper})" for x in d.found} for exp, d in shown.items()}
+    keys = sorted({k for c in cells.values() for k in c})
+    return pd.DataFrame([{"key": k, **{f"{exp} (shrinks {d.paper})": cells[exp].get(k, "") for exp, d in shown.items()}}
+                         for k in keys])
 
 
 def _headline_text(found: list[claims_mod.Result]) -> str:
