@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 import synthetic_results
+from test_claims import frame, lth_rows
 from ticketbench import cli
-from ticketbench.report import claims, document, figures, tables
+from ticketbench.report import claims, deviations, document, figures, tables
 
 REPO = Path(__file__).resolve().parents[1]
 CLAIMS = REPO / "config" / "claims.yaml"
@@ -139,6 +140,155 @@ def test_metrics_json_has_the_headline_numbers_of_the_tables(reported):
     counts = metrics["claims"]
     assert counts["not_checked"] > 0 and counts["not_run_at_this_scale"] > 0
     assert counts["reproduced"] + counts["not_reproduced"] > 0  # the qualitative claims ran on the tiny tree
+
+
+def test_report_opens_with_verdict_counts_per_kind_of_check_and_per_paper(reported):
+    """The headline never adds a check of the paper's number to a check of the sign of an effect; the
+    per-paper table below it counts every check and every unchecked claim once."""
+    out, _ = reported
+    md = (out / "report.md").read_text()
+    top = md.split("\n## ")[0]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert claims.NO_EXPERIMENT in document.VERDICT_ORDER
+    found = claims.evaluate(claims.load(CLAIMS), *reported_inputs(out))
+    kinds = {k: [r for r in found if r.check and claims.kind_of(r.check) == k] for k in claims.KINDS}
+    assert f"{len(kinds[claims.QUANTITATIVE])} quantitative checks (the paper's number):" in top
+    assert f"{len(kinds[claims.DIRECTION])} direction-only checks (the sign of an effect):" in top
+    direction = metrics["checks"]["direction_only"]
+    assert direction["reproduced"] == sum(r.verdict == claims.REPRODUCED for r in kinds[claims.DIRECTION])
+    checks = metrics["checks"]
+    assert sum(checks["quantitative"].values()) + sum(checks["direction_only"].values()) + checks["not_checked"] == \
+        len(found) == sum(metrics["claims"].values())
+    assert metrics["missing"] == 0 and "Partial results" not in md
+    rows = [line.split(" | ") for line in top.splitlines() if line.startswith("| P")]
+    assert {row[1] for row in rows} == {r.claim["paper"] for r in found}
+    assert sum(int(x.strip(" |")) for row in rows for x in row[2:]) == len(found)
+
+
+def reported_inputs(out: Path):
+    data = document.read_tables(out)
+    return data["jobs"], document.run_configs(out), data
+
+
+def test_report_prints_each_source_once_and_no_long_text_dozens_of_times(reported):
+    out, _ = reported
+    md = (out / "report.md").read_text()
+    for c in claims.load(CLAIMS):
+        assert md.count(c["source"]) <= 1 + sum(c["source"] in o["source"] and c["source"] != o["source"]
+                                                for o in claims.load(CLAIMS)), c["source"]
+    cells: dict[str, int] = {}
+    for line in md.splitlines():
+        if line.startswith("| "):
+            for cell in line.strip("| ").split(" | "):
+                cells[cell] = cells.get(cell, 0) + 1
+    repeated = {c: n for c, n in cells.items() if len(c) >= 30 and n > 3}
+    assert not repeated, repeated
+
+
+def test_a_report_of_partial_results_says_what_is_missing_in_its_first_lines(reported, tmp_path):
+    """A seed, an IMP level, an analysis and an experiment of the workflow config that the tables lack
+    are each named before any verdict."""
+    out, config = reported
+    part = tmp_path / "tiny"
+    shutil.copytree(out / "tables", part / "tables")
+    shutil.copytree(out / "figures", part / "figures")
+    jobs = pd.read_csv(part / "tables" / "jobs.csv")
+    drop = ((jobs["experiment"] == "lth_tiny") & (jobs["seed"] == 1)) | \
+           ((jobs["experiment"] == "saleem_tiny") & (jobs["branch"] == "imp") & (jobs["level"] == 2))
+    tables.write_csv(jobs[~drop], part / "tables" / "jobs.csv")
+    inst = pd.read_csv(part / "tables" / "instability.csv")
+    tables.write_csv(inst[inst["experiment"] != "stab_tiny_k10"], part / "tables" / "instability.csv")
+    workflow = yaml.safe_load(config.read_text())
+    workflow["experiments"]["stab_tiny_k10"]["instability"] = {"pairs": 1}
+    workflow["experiments"]["lth_tiny_more"] = workflow["experiments"]["lth_tiny"]
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(workflow))
+    assert cli.main(["report", str(part), "--config", str(tmp_path / "tiny.yaml"), "--claims", str(CLAIMS),
+                     "--part", "document"]) == 0
+    first = (part / "report.md").read_text().split(" claims, ")[0]  # before the verdict counts
+    assert "Partial results" in first
+    for gap in ("`lth_tiny`: no job of seed 1", "`lth_tiny_more`: no job of it in these results",
+                "`saleem_tiny` seed 0: IMP level 2 missing", "`stab_tiny_k10`: instability analysis missing for seed 0"):
+        assert gap in first, gap
+    assert json.loads((part / "metrics.json").read_text())["missing"] == 4
+
+
+def test_report_outputs_name_no_folder_of_the_machine_that_built_them(reported):
+    from test_repository import MACHINE_PATH
+
+    out, _ = reported
+    for name in ("report.md", "report.html", "metrics.json", "tables/jobs.csv", "tables/figures.csv"):
+        assert not MACHINE_PATH.findall((out / name).read_text()), name
+
+
+def test_experiments_table_gives_both_densities_and_the_reinit_start_or_says_they_were_not_recorded():
+    """Tables made before jobs recorded ``density_total`` and ``reinit_start`` lack those columns: the
+    report says so instead of guessing that the LTH's P_m equals the prunable density."""
+    old = frame(lth_rows([0.90, 0.91, 0.92], [0.89, 0.85]))
+    (row,) = document.experiments_table(old).to_dict("records")
+    assert row["sparsest: % of prunable weights (of all)"] == "64 (not recorded)"
+    assert row["random reinit trains from"] == "not recorded"
+    new = old.assign(density_total=old["density"] * 0.5 + 0.01,
+                     reinit_start=old["branch"].map({"random_reinit": "rewind"}))
+    (row,) = document.experiments_table(new).to_dict("records")
+    assert row["sparsest: % of prunable weights (of all)"] == "64 (33)"
+    assert row["random reinit trains from"] == "rewind"
+
+
+# --------------------------------------------------------------------------------------------------
+# Deviations: a reduced experiment against the paper experiment it shrinks
+# --------------------------------------------------------------------------------------------------
+
+
+def experiment(steps="400it", rewind="40it", **workflow) -> dict:
+    return {"family": "saleem", "seeds": [0, 1, 2], "source": "the paper",
+            "run": {**synthetic_results.RUN, "train": {**synthetic_results.RUN["train"], "steps": steps},
+                    "imp": {"levels": 2, "rewind": rewind}}, **workflow}
+
+
+def test_deviations_are_every_protocol_key_that_differs_with_rewind_as_a_fraction_of_training():
+    paper = experiment(baselines={"random_reinit": {"replicates": 3}}, hessian={"branches": ["imp", "oneshot"]})
+    ours = {**experiment("40it", "10it", baselines={"random_reinit": {"replicates": 1}},
+                         hessian={"branches": ["imp"], "top_k": 5}, instability={"points": 11}),
+            "seeds": [0], "source": "shrunk", "shrinks": "p"}
+    found = {d.key: (d.ours, d.paper) for d in deviations.deviations(ours, paper)}
+    assert found == {
+        "baselines.random_reinit.replicates": ("1", "3"),
+        "hessian.branches": ("[imp]", "[imp, oneshot]"),
+        "hessian.top_k": ("5", "10"),  # the paper leaves it at HessianConfig's default
+        "instability": ("points: 11", "not run"),
+        "run.imp.rewind": ("10it = 25 % of training", "40it = 10 % of training"),
+        "run.train.steps": ("40it = 40 iterations", "400it = 400 iterations"),
+        "seeds": ("1", "3"),
+    }
+    assert deviations.deviations(paper, paper) == []
+
+
+def test_the_deviations_table_has_a_row_per_deviating_key_and_a_column_per_experiment():
+    paper = {"p": experiment()}
+    shrunk = deviations.of_workflow({"a": {**experiment("40it", "4it"), "shrinks": "p"},
+                                     "b": {**experiment(), "seeds": [0], "shrinks": "p"}}, paper)
+    table = document.deviations_table(shrunk).set_index("key")
+    assert list(table.columns) == ["a (shrinks p)", "b (shrinks p)"]
+    assert table.loc["seeds"].tolist() == ["", "1 (paper: 3)"]
+    assert table.loc["run.train.steps", "a (shrinks p)"] == "40it = 40 iterations (paper: 400it = 400 iterations)"
+
+
+def test_the_same_rewind_step_in_a_shorter_schedule_is_a_deviation_of_its_fraction():
+    found = {d.key: (d.ours, d.paper) for d in deviations.deviations(experiment("40it", "4it"), experiment("400it", "4it"))}
+    assert found["run.imp.rewind (fraction of training)"] == ("4it = 10 %", "4it = 1 %")
+
+
+def test_an_experiment_naming_no_or_an_unknown_paper_experiment_is_said_so():
+    shrunk = deviations.of_workflow({"a": experiment(), "b": {**experiment(), "shrinks": "nowhere"},
+                                     "c": {**experiment(), "shrinks": "p"}}, {"p": experiment()})
+    assert "names no paper experiment" in shrunk["a"].problem
+    assert "has no such experiment" in shrunk["b"].problem
+    assert shrunk["c"].paper == "p" and shrunk["c"].found == [] and not shrunk["c"].problem
+
+
+# --------------------------------------------------------------------------------------------------
+# Claims: measures on tables with known answers
+# --------------------------------------------------------------------------------------------------
 
 
 def test_report_of_a_folder_without_runs_fails_with_a_message(tmp_path, capsys):

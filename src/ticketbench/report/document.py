@@ -16,6 +16,7 @@ written is a pure function of the stored runs, so a rerun gives identical bytes.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
 import json
@@ -28,11 +29,11 @@ import pandas as pd
 import yaml
 
 from . import claims as claims_mod
-from . import tables
+from . import deviations, tables
 
 ANALYSES = tuple(tables.ANALYSES)
 VERDICT_ORDER = (claims_mod.REPRODUCED, claims_mod.NOT_REPRODUCED, claims_mod.INCONCLUSIVE, claims_mod.NOT_RUN,
-                 claims_mod.NOT_CHECKED)
+                 claims_mod.NO_EXPERIMENT, claims_mod.NOT_CHECKED)
 
 
 def scale_of(results: Path, workflow_config: Path | None) -> str:
@@ -148,31 +149,102 @@ def configs_from_workflow(text: str, where: str, jobs: pd.DataFrame) -> dict[str
 def write_document(results: Path, claims_path: Path, scale: str,
                    workflow_config: Path | None = None) -> list[claims_mod.Result]:
     """The report from the tables; the run configs (the protocol of each experiment) come from the
-    workflow config if given, so that the runs are not needed, else from the runs."""
+    workflow config if given, so that the runs are not needed, else from the runs. With the workflow
+    config, the report also says what of it the results lack and how each experiment departs from the
+    paper experiment it shrinks (:mod:`.deviations`)."""
     from ..checkpoints import atomic_write
 
     results = Path(results)
     data = read_tables(results)
     jobs = data["jobs"]
-    configs = (configs_from_workflow(Path(workflow_config).read_text(), str(workflow_config), jobs)
-               if workflow_config is not None else run_configs(results))
+    experiments: dict[str, Any] | None = None
+    paper: dict[str, Any] = {}
+    if workflow_config is not None:
+        text = Path(workflow_config).read_text()
+        configs = configs_from_workflow(text, str(workflow_config), jobs)
+        experiments = (yaml.safe_load(text) or {}).get("experiments") or {}
+        paper = deviations.paper_experiments(Path(workflow_config))
+    else:
+        configs = run_configs(results)
     found = claims_mod.evaluate(claims_mod.load(claims_path), jobs, configs, data, claims_mod.paper_suite(claims_path))
+    gaps = missing(experiments, data) if experiments is not None else None
+    devs = deviations.of_workflow(experiments, paper) if experiments and paper else {}
     figs_dir = results / "figures"
     index = pd.read_csv(results / "tables" / "figures.csv") if (results / "tables" / "figures.csv").is_file() else \
         pd.DataFrame(columns=["figure", "drawn", "caption"])
     captions = {r.figure: r.caption for r in index.itertuples() if r.drawn}
     skipped = {r.figure.removesuffix(".png"): r.caption for r in index.itertuples() if not r.drawn}
-    blocks = _blocks(jobs, found, captions, skipped, scale, claims_path)
+    blocks = _blocks(jobs, found, captions, skipped, scale, claims_path, gaps, devs)
     atomic_write(results / "report.md", _markdown(blocks))
     atomic_write(results / "report.html", _html(blocks, figs_dir, scale))
-    atomic_write(results / "metrics.json", json.dumps(headline(jobs, found), indent=2, sort_keys=True) + "\n")
+    atomic_write(results / "metrics.json", json.dumps(headline(jobs, found, gaps), indent=2, sort_keys=True) + "\n")
     return found
 
 
-def headline(jobs: pd.DataFrame, found: list[claims_mod.Result]) -> dict[str, Any]:
+def counts(found: list[claims_mod.Result]) -> dict[str, dict[str, int]]:
+    """Verdict counts of the quantitative checks, the direction-only checks and the claims without a
+    check (:func:`claims.kind_of`): a reviewer weighs "the paper's 38 % within 10 pp" and "the sign is
+    the paper's" differently, so the headline never adds them up."""
+    out = {kind: {v: 0 for v in VERDICT_ORDER} for kind in (*claims_mod.KINDS, claims_mod.NOT_CHECKED)}
+    for r in found:
+        out[claims_mod.kind_of(r.check) if r.check else claims_mod.NOT_CHECKED][r.verdict] += 1
+    return out
+
+
+def missing(experiments: dict[str, Any], data: dict[str, pd.DataFrame | None]) -> list[str]:
+    """What the workflow config asks for and the tables do not have, one line per experiment and gap:
+    experiments, seeds, IMP levels, branches (baselines, fine-tuning, instability copies) and analyses.
+    A report of partial results must say so before a reviewer reads its verdicts as the suite's."""
+    jobs = data["jobs"]
+    out = []
+    for exp, spec in sorted(experiments.items()):
+        have = jobs[jobs["experiment"] == exp]
+        seeds = [int(s) for s in spec.get("seeds") or []]
+        if have.empty:
+            out.append(f"`{exp}`: no job of it in these results")
+            continue
+        absent = [s for s in seeds if s not in set(have["seed"].astype(int))]
+        if absent:
+            out.append(f"`{exp}`: no job of seed {_join(absent)}")
+        levels = int(((spec.get("run") or {}).get("imp") or {}).get("levels", 0))
+        for seed in (s for s in seeds if s not in absent):
+            imp = set(have[(have["seed"] == seed) & (have["branch"] == "imp")]["level"].astype(int))
+            lacking = [lv for lv in range(levels + 1) if lv not in imp]
+            if lacking:
+                out.append(f"`{exp}` seed {seed}: IMP level {_join(lacking)} missing")
+        wanted = [*(spec.get("baselines") or {}), *(["finetune"] if spec.get("finetune") else []),
+                  *(["copy"] if spec.get("instability") else [])]
+        for branch in wanted:
+            lacking = [s for s in seeds if s not in absent and have[(have["seed"] == s) & (have["branch"] == branch)].empty]
+            if lacking:
+                out.append(f"`{exp}`: branch {branch} missing for seed {_join(lacking)}")
+        for kind in ANALYSES:
+            if not spec.get(kind):
+                continue
+            table = data.get(kind)
+            done = set() if table is None else set(table[table["experiment"] == exp]["seed"].astype(int))
+            lacking = [s for s in seeds if s not in absent and s not in done]
+            if lacking:
+                out.append(f"`{exp}`: {kind} analysis missing for seed {_join(lacking)}")
+    return out
+
+
+def _join(xs: list[int]) -> str:
+    return ", ".join(map(str, xs))
+
+
+def headline(jobs: pd.DataFrame, found: list[claims_mod.Result], gaps: list[str] | None = None) -> dict[str, Any]:
     """Per experiment: dense accuracy and, at the sparsest IMP level, every branch's accuracy (mean over
-    seeds); plus the count of claims per verdict. Rounded so that ``dvc metrics diff`` is readable."""
-    out: dict[str, Any] = {"claims": {v.replace(" ", "_"): sum(r.verdict == v for r in found) for v in VERDICT_ORDER}}
+    seeds); the count of claims per verdict (``claims``, all kinds, the key ``dvc metrics diff`` has
+    always read), the same per kind of check (``checks``), and the number of gaps of partial results
+    (``missing``, if the workflow config was given). Rounded so that ``dvc metrics diff`` is readable."""
+    by_kind = counts(found)
+    checks: dict[str, Any] = {_key(kind): {_key(v): n for v, n in by_kind[kind].items()} for kind in claims_mod.KINDS}
+    checks[_key(claims_mod.NOT_CHECKED)] = by_kind[claims_mod.NOT_CHECKED][claims_mod.NOT_CHECKED]
+    out: dict[str, Any] = {"claims": {_key(v): sum(r.verdict == v for r in found) for v in VERDICT_ORDER},
+                           "checks": checks}
+    if gaps is not None:
+        out["missing"] = len(gaps)
     for exp, df in jobs.groupby("experiment", sort=True):
         imp = df[df["branch"] == "imp"]
         entry: dict[str, Any] = {"seeds": int(df["seed"].nunique())}
@@ -189,51 +261,138 @@ def headline(jobs: pd.DataFrame, found: list[claims_mod.Result]) -> dict[str, An
     return out
 
 
+def _key(label: str) -> str:
+    return label.replace(" ", "_")
+
+
 def _r(x: float) -> float | None:
     return None if x is None or not math.isfinite(x) else round(float(x), 6)
 
 
+class _Sources:
+    """Short keys for the papers, sources and tolerance notes of the claims, so that each long string is
+    printed once, in one table, and rows cite it by key (P1, S1, T1)."""
+
+    def __init__(self, found: list[claims_mod.Result]):
+        self.papers: dict[str, str] = {}
+        self.sources: dict[tuple[str, str, str], str] = {}
+        self.tolerances: dict[str, str] = {}
+        for r in found:
+            self.cite(r.claim)
+
+    def cite(self, c: dict[str, Any]) -> str:
+        self.papers.setdefault(c["paper"], f"P{len(self.papers) + 1}")
+        src = (c["paper"], c["source_type"], c["source"])
+        key = self.sources.setdefault(src, f"S{len(self.sources) + 1}")
+        if c.get("tolerance"):
+            key += ", " + self.tolerances.setdefault(c["tolerance"], f"T{len(self.tolerances) + 1}")
+        return key
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame([{"key": k, "paper": self.papers[p], "source": f"{t}{' **(secondary source)**' if _secondary(t) else ''}: {s}"}
+                             for (p, t, s), k in self.sources.items()])
+
+    def tolerance_table(self) -> pd.DataFrame:
+        return pd.DataFrame([{"key": k, "the paper's error bars / tolerance": t} for t, k in self.tolerances.items()])
+
+
+def _secondary(source_type: str) -> bool:
+    return source_type in ("secondary", "unverified_summary")
+
+
 def _blocks(jobs: pd.DataFrame, found: list[claims_mod.Result], captions: dict[str, str], skipped: dict[str, str],
-            scale: str, claims_path: Path) -> list[tuple[str, Any]]:
-    """The report as a list of (kind, content) blocks, rendered to Markdown and to HTML."""
-    counts = {v: sum(r.verdict == v for r in found) for v in VERDICT_ORDER}
+            scale: str, claims_path: Path, gaps: list[str] | None = None,
+            devs: dict[str, deviations.Shrunk] | None = None) -> list[tuple[str, Any]]:
+    """The report as a list of (kind, content) blocks, rendered to Markdown and to HTML: what is missing,
+    the verdict counts, the checks with a verdict, the experiments and their deviations, the figures;
+    then the checks without a verdict grouped by reason and the sources, each printed once."""
     shown = claims_path.as_posix() if not claims_path.is_absolute() else claims_path.name
+    cite = _Sources(found)
     b: list[tuple[str, Any]] = [("h1", f"ticketbench results: {scale} scale")]
-    b.append(("p", "Every number below is computed from the stored runs (`runs/`) by `ticketbench report`; "
-                   "`ticketbench audit` re-evaluates the stored networks and checks the recorded numbers, masks and "
-                   "rewind states. docs/results.md explains how to check them."))
-    b.append(("p", "**Comparability.** A paper's quantitative claim is checked only on runs whose configuration matches "
-                   f"the paper's protocol (the `protocol` of the check in `{shown}`); otherwise it reads *not run at this "
-                   "scale*. On reduced scales (fewer iterations, smaller or other datasets, narrower networks) the "
-                   "absolute numbers in the tables and figures are **not comparable** with the papers'; there only the "
-                   "qualitative claims that transfer (the direction of an effect) are checked."))
-    n_claims = len({r.claim["id"] for r in found})
-    b.append(("p", f"{len(found)} checks of {n_claims} claims: " + ", ".join(f"**{counts[v]}** {v}" for v in VERDICT_ORDER)
-                   + ". A verdict tests the check's expectation on the mean over seeds; the spread shown is min-max over "
-                   "seeds (the papers' error bars). Claims from secondary sources are marked."))
+    if gaps:
+        b.append(("p", f"**Partial results.** The workflow config has {len(gaps)} item(s) these results lack; "
+                       "the verdicts below rest on the rest:"))
+        b.append(("list", gaps))
+    elif gaps is None:
+        b.append(("p", "**Completeness not checked**: no workflow config given (`--config`)."))
+    b.append(("p", _headline_text(found)))
+    b.append(("table", _paper_counts(found, cite)))
+    b.append(("p", "Every number is computed from the stored runs (`runs/`) by `ticketbench report`; `ticketbench "
+                   "audit` re-checks the stored networks (docs/results.md). A check of a paper's number (*quantitative*) "
+                   f"runs only on runs with the paper's protocol (the check's `protocol` in `{shown}`); at reduced "
+                   "scales the absolute numbers are **not comparable** with the papers' and only the direction of "
+                   "an effect is checked (*direction only*). *Ours* is the mean over seeds (min, max over seeds; n)."))
     b.append(("p", f"**Noise floor.** {claims_mod.NOISE_RULE}"))
-    b.append(("h2", "Experiments"))
-    b.append(("table", _experiments(jobs)))
-    b.append(("h2", "Claims checked at this scale"))
+    b.append(("h2", "Checks with a verdict"))
     checked = [r for r in found if r.verdict in claims_mod.DECIDED]
     if not checked:
         b.append(("p", "None: no run matches a paper's protocol and no family experiment was run."))
-    for paper, rows in _by_paper(checked):
-        b.append(("h3", paper))
+    for paper, rows in _by_paper(checked, cite):
+        b.append(("h3", f"{cite.papers[paper]}: {paper}"))
         b.append(("table", rows))
+    b.append(("h2", "Experiments"))
+    b.append(("table", experiments_table(jobs)))
+    if devs:
+        b.append(("h2", "Deviations from the papers' protocols"))
+        b.append(("p", "Computed from the workflow config: each experiment's run config, seeds, baselines and "
+                       f"analyses against the experiment of config/{deviations.PAPER_CONFIG} it shrinks "
+                       f"(`{deviations.SHRINKS}:`), one row per key in which any of them departs from it (keys as in "
+                       "the config files; \"not run\": the section is absent; blank: as the paper)."))
+        b += [("p", f"`{exp}`: {d.problem}.") for exp, d in devs.items() if d.problem]
+        b.append(("table", deviations_table(devs)))
     b.append(("h2", "Figures"))
     for name, caption in sorted(captions.items()):
         b.append(("figure", (name, caption)))
     if skipped:
         b.append(("p", "Not drawn:"))
         b.append(("list", [f"{k}: {v}" for k, v in sorted(skipped.items())]))
-    b.append(("h2", "Claims not run at this scale"))
-    b.append(("table", pd.DataFrame([{"claim": _claim_cell(r.claim), "paper's value": _paper_cell(r.claim),
-                                       "check": r.unit, "why": r.detail} for r in found if r.verdict == claims_mod.NOT_RUN])))
-    b.append(("h2", "Claims the suite does not check"))
-    b.append(("table", pd.DataFrame([{"claim": _claim_cell(r.claim), "paper's value": _paper_cell(r.claim), "why": r.detail}
-                                      for r in found if r.verdict == claims_mod.NOT_CHECKED])))
+    for verdict, title in ((claims_mod.NOT_RUN, "Checks not run at this scale"),
+                           (claims_mod.NO_EXPERIMENT, "Claims no experiment of the suite can test"),
+                           (claims_mod.NOT_CHECKED, "Claims the suite does not check")):
+        rows = [r for r in found if r.verdict == verdict]
+        if rows:
+            b.append(("h2", f"{title} ({len(rows)})"))
+            b.append(("table", _by_reason(rows)))
+    b.append(("h2", "Sources"))
+    b.append(("table", cite.table()))
+    if cite.tolerances:
+        b.append(("table", cite.tolerance_table()))
     return b
+
+
+def deviations_table(devs: dict[str, deviations.Shrunk]) -> pd.DataFrame:
+    """One row per deviating key, one column per experiment: "ours (paper: theirs)", blank where the
+    experiment keeps the paper's value. Experiments of one family share most deviations, so a table per
+    experiment would print each of them several times."""
+    shown = {exp: d for exp, d in devs.items() if not d.problem}
+    cells = {exp: {x.key: f"{x.ours} (paper: {x.paper})" for x in d.found} for exp, d in shown.items()}
+    keys = sorted({k for c in cells.values() for k in c})
+    return pd.DataFrame([{"key": k, **{f"{exp} (shrinks {d.paper})": cells[exp].get(k, "") for exp, d in shown.items()}}
+                         for k in keys])
+
+
+def _headline_text(found: list[claims_mod.Result]) -> str:
+    c = counts(found)
+
+    def some(kind: str) -> str:
+        return ", ".join(f"**{n}** {v}" for v, n in c[kind].items() if n) or "none"
+
+    n_claims = len({r.claim["id"] for r in found})
+    n_q, n_d = sum(c[claims_mod.QUANTITATIVE].values()), sum(c[claims_mod.DIRECTION].values())
+    return (f"**{n_claims} claims, {n_q + n_d} checks.** {n_q} quantitative checks (the paper's number): "
+            f"{some(claims_mod.QUANTITATIVE)}. {n_d} direction-only checks (the sign of an effect): "
+            f"{some(claims_mod.DIRECTION)}. {c[claims_mod.NOT_CHECKED][claims_mod.NOT_CHECKED]} claims the suite "
+            "does not check.")
+
+
+def _paper_counts(found: list[claims_mod.Result], cite: _Sources) -> pd.DataFrame:
+    """Verdicts per paper; the one place a paper's full name is given beside its key."""
+    rows: dict[str, dict[str, Any]] = {}
+    for r in found:
+        paper = r.claim["paper"]
+        row = rows.setdefault(paper, {"key": cite.papers[paper], "paper": paper, **{v: 0 for v in VERDICT_ORDER}})
+        row[r.verdict] += 1
+    return pd.DataFrame(list(rows.values()), columns=["key", "paper", *VERDICT_ORDER])
 
 
 def _claim_cell(c: dict[str, Any]) -> str:
@@ -241,41 +400,85 @@ def _claim_cell(c: dict[str, Any]) -> str:
     return f"`{c['id']}`{where}: {c['quantity']} ({c['condition']})"
 
 
-def _paper_cell(c: dict[str, Any]) -> str:
-    secondary = " **(secondary source)**" if c["source_type"] in ("secondary", "unverified_summary") else ""
-    tol = f"; tolerance: {c['tolerance']}" if c.get("tolerance") else ""
-    return f"{_value_text(c['value'])}{tol}; {c['paper']}, {c['source_type']}{secondary}: {c['source']}"
+NOT_RECORDED = "not recorded"
+"""What the report prints for a column that tables made before it existed lack (``density_total``,
+``reinit_start``), rather than guess the value."""
 
 
-def _experiments(jobs: pd.DataFrame) -> pd.DataFrame:
+def experiments_table(jobs: pd.DataFrame) -> pd.DataFrame:
+    """One row per experiment. The sparsest level is given as the fraction of prunable weights remaining
+    (the suite's ``density``) and of all weights (``density_total``, the LTH paper's P_m, which counts the
+    unpruned shortcut, output and bias weights too); random reinitialization by where its fresh weights
+    start training (``reinit_start``: ``rewind`` = from step k, open_lth's default; ``zero`` = from 0)."""
     rows = []
     for exp, df in jobs.groupby("experiment", sort=True):
         imp = df[df["branch"] == "imp"]
         ks = sorted(df["rewind_step"].dropna().unique())
+        reinit = df[df["branch"] == "random_reinit"]
         rows.append({"experiment": exp, "family": df["family"].dropna().iloc[0] if df["family"].notna().any() else "",
                      "network / data": f"{df['network'].iloc[0]} / {df['dataset'].iloc[0]}",
                      "seeds": ", ".join(str(int(s)) for s in sorted(df["seed"].unique())),
                      "IMP levels": f"0-{int(imp['level'].max())}" if not imp.empty else "",
-                     "sparsest (% remaining)": f"{100 * imp.groupby('level')['density'].mean().min():.3g}" if not imp.empty else "",
+                     "sparsest: % of prunable weights (of all)": _sparsest(imp),
                      "rewind k (iterations)": ", ".join(f"{k:g}" for k in ks),
-                     "branches": ", ".join(sorted(df["branch"].unique()))})
+                     "branches": ", ".join(sorted(df["branch"].unique())),
+                     "random reinit trains from": _recorded(reinit, "reinit_start") if not reinit.empty else ""})
     return pd.DataFrame(rows)
 
 
-def _by_paper(found: list[claims_mod.Result]) -> list[tuple[str, pd.DataFrame]]:
+def _sparsest(imp: pd.DataFrame) -> str:
+    if imp.empty:
+        return ""
+    top = imp[imp["level"] == imp["level"].max()]
+    total = f"{100 * top['density_total'].mean():.3g}" if _has(top, "density_total") else NOT_RECORDED
+    return f"{100 * top['density'].mean():.3g} ({total})"
+
+
+def _recorded(df: pd.DataFrame, column: str) -> str:
+    return ", ".join(sorted(map(str, df[column].dropna().unique()))) if _has(df, column) else NOT_RECORDED
+
+
+def _has(df: pd.DataFrame, column: str) -> bool:
+    return column in df.columns and df[column].notna().all()
+
+
+def _by_paper(found: list[claims_mod.Result], cite: _Sources) -> list[tuple[str, pd.DataFrame]]:
+    """One row per check: claim, the paper's value, what was tested on which runs, ours, noise, verdict."""
     groups: dict[str, list[dict[str, str]]] = {}
     for r in found:
-        c = r.claim
-        chk = r.check
+        c, chk = r.claim, r.check
         groups.setdefault(c["paper"], []).append({
             "claim": _claim_cell(c),
-            "paper's value": _paper_cell(c),
-            "our check": claims_mod.expectation(chk) + (f" ({chk['basis']})" if chk.get("basis") else "") if chk else "",
-            "runs": r.unit,
-            "reproduced: mean (min, max over seeds; n)": r.summary(),
+            "source": cite.cite(c),
+            "paper's value": _value_text(c["value"]),
+            "test": f"{claims_mod.kind_of(chk)}: {claims_mod.expectation(chk)}; {r.unit}" if chk else r.unit,
+            "ours": _ours(r),
+            "noise": f"± {r.noise:.2g} {r.unit_label}" if r.noise is not None else "",
             "verdict": r.verdict,
         })
     return [(p, pd.DataFrame(rows)) for p, rows in groups.items()]
+
+
+def _ours(r: claims_mod.Result) -> str:
+    """mean (min, max; n) and what it was computed at; the noise has a column of its own."""
+    return dataclasses.replace(r, noise=None).summary()
+
+
+def _by_reason(found: list[claims_mod.Result]) -> pd.DataFrame:
+    """Checks without a verdict, one row per reason: the same reason ("no run matches protocol
+    'lth-lenet'") holds for dozens of checks and is printed once."""
+    reasons: dict[str, list[str]] = {}
+    for r in found:
+        unit = r.unit.removeprefix(PAPER_PROTOCOL).lstrip(", ")  # the reason already says which protocol
+        label = f"`{r.claim['id']}`" + (f" ({unit})" if unit else "")
+        reasons.setdefault(r.detail or "(no reason given)", []).append(label)
+    return pd.DataFrame([{"why": why, "n": len(ids), "checks": ", ".join(ids)}
+                         for why, ids in sorted(reasons.items(), key=lambda kv: (-len(kv[1]), kv[0]))])
+
+
+PAPER_PROTOCOL = "paper protocol"
+"""The label config/claims.yaml gives a check on the paper's protocol; a row that says which protocol no run
+matched need not repeat it."""
 
 
 def _value_text(v: Any) -> str:
@@ -331,7 +534,7 @@ def _html(blocks: list[tuple[str, Any]], figs: Path, scale: str) -> str:
            "table{border-collapse:collapse;font-size:0.85em;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 6px;"
            "vertical-align:top}th{background:#f3f3f3}img{max-width:100%}figure{margin:2em 0}"
            ".reproduced{background:#e6f4e6}.not-reproduced{background:#fbe3e3}.not-run-at-this-scale{color:#666}"
-           ".not-checked{color:#999}")
+           ".inconclusive{background:#fdf6dc}.not-checked,.no-experiment-in-the-suite{color:#999}")
     out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>ticketbench results: {html.escape(scale)}</title>"
            f"<style>{css}</style></head><body>"]
     for kind, c in blocks:
