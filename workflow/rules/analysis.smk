@@ -64,7 +64,7 @@ rule baseline_instability:
     log:
         f"{LOGS}/instability_{{branch}}_level_{{level}}.log",
     wildcard_constraints:
-        branch="copy_random_reinit|copy_random_prune",
+        branch="|".join(RANDOM_COPIES),
     threads: config["threads"]
     resources:
         mem_mb=resource("analysis", "mem_mb"),

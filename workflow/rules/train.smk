@@ -78,7 +78,7 @@ rule branch:
     log:
         f"{LOGS}/{{kind}}_level_{{level}}_rep_{{replicate}}.log",
     wildcard_constraints:
-        kind="random_reinit|random_prune|oneshot|copy|copy_random_reinit|copy_random_prune",
+        kind="|".join((*BASELINES, "copy", *RANDOM_COPIES)),
     threads: config["threads"]
     resources:
         mem_mb=resource("train", "mem_mb"),
