@@ -29,10 +29,12 @@ SMOKE_JOBS = {
     "dense": 3,  # 3 experiments x 1 seed
     "imp_level": 5,  # levels 1-2 (lth_lenet) + 1 (stabilized_k10) + 1-2 (saleem)
     # lth_lenet: random_reinit at levels 1, 2 + random_prune at level 2; stabilized_k10: 2 copies at
-    # levels 0 and 1; saleem: oneshot at level 2
-    "branch": 3 + 4 + 1,
+    # levels 0 and 1, random_reinit and random_prune at level 1 and 2 copies of each; saleem: oneshot
+    # at level 2
+    "branch": 3 + (4 + 2 + 4) + 1,
     "finetune": 2,  # saleem: fine-tuning levels 1, 2
     "instability": 2,  # stabilized_k10: levels 0, 1
+    "baseline_instability": 2,  # stabilized_k10: the copies of random_reinit and random_prune at level 1
     "hessian": 3,  # saleem: imp, oneshot, finetune at level 2
     "successive": 2,  # saleem: levels 0->1, 1->2
     "report": 1,
@@ -133,6 +135,10 @@ def test_workflow_train_sizes_are_the_data_modules():
     assert ast.literal_eval(literal) == {name: sizes[0] for name, sizes in data.SIZES.items()}
 
 
+def rewind(spec) -> int:
+    return int(spec["run"]["imp"]["rewind"].removesuffix("it"))
+
+
 def test_paper_config_follows_the_papers_protocols():
     """Spot checks against ../shared/papers/reported_numbers.md (P-LTHv5 Fig. 2 table and App. G-I)."""
     exps = yaml.safe_load((REPO / "config/config.yaml").read_text())["experiments"]
@@ -146,13 +152,102 @@ def test_paper_config_follows_the_papers_protocols():
     assert resnet["prune"] == {"strategy": "global", "rates": {"conv": 0.2}}  # shortcuts and output kept
     assert resnet["train"]["steps"] == "30000it" and resnet["train"]["milestones"] == ["20000it", "25000it"]
     assert exps["lth_resnet20_warmup"]["run"]["train"]["warmup"] == "20000it"
-    ks = sorted(int(spec["run"]["imp"]["rewind"].removesuffix("it")) for eid, spec in exps.items()
-                if eid.startswith("stabilized_resnet20"))
-    assert ks == [0, 100, 500, 1000, 2000]
+    for net in ("resnet20", "vgg16"):  # LMC's grid, extended past its onsets (2000 and 1000)
+        ks = sorted(rewind(spec) for eid, spec in exps.items() if eid.startswith(f"stabilized_{net}_k"))
+        assert ks == [0, 100, 500, 1000, 2000, 3000, 5000]
     saleem = exps["saleem_resnet20"]
     assert saleem["run"]["imp"] == {"levels": 10, "rewind": "2000it"}
     assert saleem["run"]["train"]["steps"] == "160ep" and saleem["run"]["train"]["milestones"] == ["80ep", "120ep"]
     assert set(saleem["baselines"]) == {"oneshot", "random_reinit", "random_prune"} and saleem["finetune"]["levels"] == 10
+    assert saleem["successive"]["mask"] == ["common", "none"]
+
+
+def test_paper_config_has_an_experiment_for_every_rewinding_claim():
+    """P-STAB's rewinding (Fig. 5) on the LTH's own standard Resnet-18 / VGG-19, LTH App. I.1's
+    layer-wise VGG-19 and LMC's LeNet: each the protocol of its paper, changed only where the paper
+    changes it."""
+    exps = yaml.safe_load((REPO / "config/config.yaml").read_text())["experiments"]
+    for net, levels in (("resnet20", 8), ("vgg19", 17)):
+        rewound = {eid: spec for eid, spec in exps.items() if eid.startswith(f"lth_{net}_k")}
+        assert sorted(rewind(spec) for spec in rewound.values()) == [100, 500, 1000, 2000]
+        for spec in rewound.values():
+            assert spec["family"] == "stabilized" and len(spec["seeds"]) == 3  # P-STAB: three trials
+            assert {**spec["run"], "imp": None} == {**exps[f"lth_{net}"]["run"], "imp": None}
+            assert spec["run"]["imp"]["levels"] == levels
+    layerwise, warmup = exps["lth_vgg19_layerwise"]["run"], exps["lth_vgg19_warmup"]["run"]
+    assert layerwise["prune"] == {"strategy": "layerwise", "rates": {"conv": 0.2}}
+    assert {**layerwise, "prune": None} == {**warmup, "prune": None}
+    lenets = {eid: spec for eid, spec in exps.items() if eid.startswith("stabilized_lenet_k")}
+    assert sorted(rewind(spec) for spec in lenets.values()) == [0, 100, 500, 1000, 2000]
+    for spec in lenets.values():
+        train = spec["run"]["train"]
+        assert (train["optimizer"], train["lr"], train["steps"]) == ("adam", 0.0012, "24000it")  # LMC Table 1
+        assert spec["run"]["imp"]["levels"] == 15 and spec["instability"]["levels"] == [0, 15]  # 0.8^15 = 3.5 %
+
+
+def test_every_protocol_the_claims_name_has_an_experiment_at_paper_scale():
+    """A claim is "not run at this scale" only if config/config.yaml runs its protocol: every protocol
+    of config/claims.yaml matches at least one paper-scale experiment's run config."""
+    from dataclasses import asdict
+
+    from ticketbench.config import experiment_run
+    from ticketbench.report.claims import _equal, _get
+
+    protocols = yaml.safe_load((REPO / "config/claims.yaml").read_text())["protocols"]
+    exps = yaml.safe_load((REPO / "config/config.yaml").read_text())["experiments"]
+    runs = [json.loads(json.dumps(asdict(experiment_run(spec, eid, spec["seeds"][0], "config.yaml"))))
+            for eid, spec in exps.items()]
+    unmatched = [name for name, p in protocols.items()
+                 if not any(all(_equal(_get(run, k), v, k) for k, v in p["match"].items()) for run in runs)]
+    assert unmatched == []
+
+
+def test_the_paper_dry_run_plans_the_new_jobs(workdir):
+    """Random-baseline copies and their instability for every LMC ResNet-20 / VGG-16 / LeNet rewind
+    point, the finetune branch (LTH App. B) on LeNet and Conv-2/4/6, the new experiments' chains."""
+    jobs = scheduled_jobs(snakemake(workdir, "-n", "--configfile", "config/config.yaml").stdout)
+    exps = yaml.safe_load((REPO / "config/config.yaml").read_text())["experiments"]
+    lmc = [eid for eid in exps if re.match(r"stabilized_(resnet20|vgg16|lenet)_k\d+$", eid)]
+    assert len(lmc) == 19
+    for eid in lmc:
+        level = f"{exps[eid]['instability']['levels'][-1]:02d}"
+        for copied in ("copy_random_reinit", "copy_random_prune"):
+            analysed = [j for j in jobs if j["rule"] == "baseline_instability" and j["experiment"] == eid
+                        and j["branch"] == copied]
+            assert sorted((j["seed"], j["level"]) for j in analysed) == [(s, level) for s in "012"]
+            copies = [j for j in jobs if j["rule"] == "branch" and j["experiment"] == eid and j["kind"] == copied]
+            assert len(copies) == 3 * 6  # 3 seeds x 3 pairs
+    for eid in ("lth_lenet", "lth_conv2", "lth_conv4", "lth_conv6"):
+        assert sum(j["rule"] == "finetune" and j["experiment"] == eid for j in jobs) == 5 * 20
+    for eid, chain in (("lth_resnet20_k500", 3 * 9), ("lth_vgg19_k100", 3 * 18), ("lth_vgg19_layerwise", 5 * 21),
+                       ("stabilized_resnet20_k5000", 3 * 12), ("stabilized_lenet_k0", 3 * 16)):
+        assert sum(j["rule"] in ("dense", "imp_level") and j["experiment"] == eid for j in jobs) == chain
+
+
+def test_quick_runs_the_new_branches_and_both_successive_masks(workdir):
+    """The quick run exercises every new job kind: LeNet's finetune chain (LTH App. B), the SGD-noise
+    copies of k20's random baselines, and successive-level interpolation with and without the common mask."""
+    out = snakemake(workdir, "-n", "--printshellcmds", "--configfile", "config/quick.yaml").stdout
+    jobs = scheduled_jobs(out)
+    assert sum(j["rule"] == "finetune" and j["experiment"] == "lth_lenet" for j in jobs) == 2 * 10
+    analysed = {(j["experiment"], j["branch"], j["level"]) for j in jobs if j["rule"] == "baseline_instability"}
+    assert analysed == {("stabilized_resnet20_k20", b, "03") for b in ("copy_random_reinit", "copy_random_prune")}
+    successive = re.findall(r"^Shell command: (ticketbench interpolate .*)$", out, flags=re.M)
+    assert len(successive) == 3 and all(" --mask common none " in cmd for cmd in successive)
+
+
+def test_a_copy_of_a_random_baseline_shares_that_baselines_replicate_0(workdir):
+    """Every SGD-noise copy of a random baseline starts from the baseline's replicate 0 (its fresh
+    init or random mask), so it waits for that job; the instability job interpolates pair r = copies
+    2r, 2r+1 of that branch."""
+    target = "results/smoke/runs/stabilized_k10/seed0/analysis/instability/copy_random_prune_level_01.csv"
+    out = snakemake(workdir, "-n", "--printshellcmds", "--configfile", "config/smoke.yaml", "--", target).stdout
+    jobs = scheduled_jobs(out)
+    trained = sorted((j["rule"], j.get("kind", ""), j.get("level"), j.get("replicate")) for j in jobs)
+    assert trained == [("baseline_instability", "", "01", None), ("branch", "copy_random_prune", "01", "0"),
+                       ("branch", "copy_random_prune", "01", "1"), ("branch", "random_prune", "01", "0"),
+                       ("dense", "", None, None), ("imp_level", "", "01", None)]
+    assert "ticketbench instability results/smoke/runs/stabilized_k10/seed0 --level 01 --branch copy_random_prune" in out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -189,6 +284,12 @@ INVALID = {
                                 "experiments.saleem.baselines.oneshot.levels: level 3 is outside 1..2"),
     "hessian of a branch that is not run": (_set("experiments", "saleem", "hessian", {"branches": ["random_prune"]}),
                                             "experiments.saleem.hessian.branches: random_prune is not run"),
+    "copies of a baseline that is not run": (
+        _set("experiments", "stabilized_k10", "baselines", {"random_reinit": {"levels": "all"}}),
+        "experiments.stabilized_k10.instability.baselines: random_prune is not run at level 1 (add it under baselines)"),
+    "copies of a baseline of the dense network": (
+        _set("experiments", "stabilized_k10", "instability", {"levels": [0], "baselines": ["random_prune"]}),
+        "experiments.stabilized_k10.instability.baselines: random_prune needs an instability level >= 1"),
 }
 
 
@@ -267,7 +368,8 @@ def test_smoke_workflow_runs_end_to_end(smoke_done):
     trained = sum(SMOKE_JOBS[r] for r in ("dense", "imp_level", "branch", "finetune"))
     assert len(summaries) == trained
     assert len(list(results.glob("runs/saleem/seed0/analysis/hessian/*.csv"))) == SMOKE_JOBS["hessian"]
-    assert len(list(results.glob("runs/*/seed0/analysis/instability/*.csv"))) == SMOKE_JOBS["instability"]
+    assert len(list(results.glob("runs/*/seed0/analysis/instability/*.csv"))) == (SMOKE_JOBS["instability"]
+                                                                                 + SMOKE_JOBS["baseline_instability"])
     assert len(list(results.glob("runs/*/seed0/analysis/successive/*.csv"))) == SMOKE_JOBS["successive"]
     for name in ("report.md", "report.html", "metrics.json"):
         assert (results / name).stat().st_size > 0

@@ -33,7 +33,7 @@ rule hessian:
 rule instability:
     """Error and loss along the line between SGD-noise copies of level L (Frankle et al. 2020)."""
     input:
-        copy_pairs,
+        copy_pairs("copy"),
     output:
         paths=f"{RUN}/analysis/instability/level_{{level}}.csv",
         barriers=f"{RUN}/analysis/barriers/instability_level_{{level}}.csv",
@@ -52,6 +52,32 @@ rule instability:
     shell:
         "ticketbench instability {params.run} --level {wildcards.level} {params.options}"
         " -o {output.paths} --barriers {output.barriers} {params.runtime} > {log} 2>&1"
+
+
+rule baseline_instability:
+    """Instability of a random baseline of level L: its SGD-noise copies interpolated (LMC Sec. 4)."""
+    input:
+        copy_pairs(None),
+    output:
+        paths=f"{RUN}/analysis/instability/{{branch}}_level_{{level}}.csv",
+        barriers=f"{RUN}/analysis/barriers/instability_{{branch}}_level_{{level}}.csv",
+    log:
+        f"{LOGS}/instability_{{branch}}_level_{{level}}.log",
+    wildcard_constraints:
+        branch="|".join(RANDOM_COPIES),
+    threads: config["threads"]
+    resources:
+        mem_mb=resource("analysis", "mem_mb"),
+        runtime=resource("analysis", "runtime"),
+        gpu=config["gpu"],
+    params:
+        config_hash=config_hash,
+        options=cli_options("instability"),
+        run=run_of,
+        runtime=runtime_flags,
+    shell:
+        "ticketbench instability {params.run} --level {wildcards.level} --branch {wildcards.branch}"
+        " {params.options} -o {output.paths} --barriers {output.barriers} {params.runtime} > {log} 2>&1"
 
 
 rule successive:

@@ -21,6 +21,13 @@ from ticketbench.config import ConfigError, RunConfig, experiment_run
 OFFICIAL_TRAIN = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000}
 
 BASELINES = ("random_reinit", "random_prune", "oneshot")
+# SGD-noise copies of a random baseline (LMC Sec. 4: random pruning and random reinitialization are
+# neither stable nor matching): every copy shares the baseline's replicate 0 (its fresh init or random
+# mask) and draws data order and augmentation of its own. "copy" is the IMP subnetwork's copies.
+RANDOM_COPIES = {
+    "copy_random_reinit": "random_reinit",
+    "copy_random_prune": "random_prune",
+}
 # Resources per job when neither the config nor the experiment says otherwise (MB, minutes).
 DEFAULT_RESOURCES = {
     "train": {"mem_mb": 8000, "runtime": 240},
@@ -101,8 +108,8 @@ class Experiment:
     levels: int  # IMP levels after the dense network
     baselines: dict  # kind -> (replicates, levels)
     finetune: tuple  # fine-tuning chain levels 1..n
-    copies: dict  # level -> number of SGD-noise copies (2 per instability pair)
-    instability: tuple  # levels analysed
+    copies: dict  # (copy branch, level) -> number of SGD-noise copies (2 per instability pair)
+    instability: tuple  # (copy branch, level) pairs analysed
     hessian: tuple  # (branch, level) pairs
     successive: tuple  # lower levels L of the pairs (L, L+1)
     options: dict  # analysis options passed to the CLI
@@ -118,6 +125,24 @@ def resolve_levels(value, lowest, highest, key, why):
                 f"{key}: level {lv} is outside {lowest}..{highest} ({why})"
             )
     return tuple(levels)
+
+
+def copied_levels(copied, levels, baselines, key):
+    """The instability levels at which a random baseline is copied: the pruned ones (level 0, the
+    dense network, has no random baseline). The copies share the baseline's replicate 0, so the
+    experiment must run that baseline there."""
+    pruned = tuple(lv for lv in levels if lv >= 1)
+    if not pruned:
+        raise WorkflowConfigError(
+            f"{key}: {copied} needs an instability level >= 1 (level 0 is the dense network)"
+        )
+    have = baselines.get(copied, (0, ()))[1]
+    missing = sorted(set(pruned) - set(have))
+    if missing:
+        raise WorkflowConfigError(
+            f"{key}: {copied} is not run at level {missing[0]} (add it under baselines)"
+        )
+    return pruned
 
 
 def resolve_experiment(eid, spec, where):
@@ -141,13 +166,20 @@ def resolve_experiment(eid, spec, where):
 
     finetune = tuple(range(1, spec.get("finetune", {}).get("levels", 0) + 1))
 
-    copies, instability = {}, ()
+    copies = {}
     if "instability" in spec:
         s = spec["instability"]
-        instability = resolve_levels(
+        levels = resolve_levels(
             s["levels"], 0, top, f"{key}.instability.levels", f"imp.levels = {top}"
         )
-        copies = {lv: 2 * s["pairs"] for lv in instability}
+        copies = {("copy", lv): 2 * s["pairs"] for lv in levels}
+        for branch, copied in RANDOM_COPIES.items():
+            if copied in s["baselines"]:
+                for lv in copied_levels(
+                    copied, levels, baselines, f"{key}.instability.baselines"
+                ):
+                    copies[(branch, lv)] = 2 * s["pairs"]
+    instability = tuple(copies)
 
     hessian = ()
     if "hessian" in spec:
@@ -197,7 +229,7 @@ def resolve_experiment(eid, spec, where):
         name: {
             k: v
             for k, v in spec.get(name, {}).items()
-            if k not in ("levels", "branches")
+            if k not in ("levels", "branches", "baselines")
         }
         for name in ("instability", "hessian", "successive")
     }
@@ -279,6 +311,13 @@ def analysis_csv(experiment, seed, kind, name):
     return f"{run_dir(experiment, seed)}/analysis/{kind}/{name}.csv"
 
 
+def instability_name(branch, level):
+    """The instability table of a level's copies: level_LL for the IMP subnetwork's (named before
+    random baselines were copied), <copy branch>_level_LL for a random baseline's."""
+    name = f"level_{level:02d}"
+    return name if branch == "copy" else f"{branch}_{name}"
+
+
 def targets(exp):
     """Every output of one experiment, for all its seeds: training summaries and analysis CSVs."""
     out = []
@@ -292,13 +331,13 @@ def targets(exp):
             ]
         out += [summary(exp.id, seed, "finetune", lv) for lv in exp.finetune]
         out += [
-            summary(exp.id, seed, "copy", lv, r)
-            for lv, n in exp.copies.items()
+            summary(exp.id, seed, branch, lv, r)
+            for (branch, lv), n in exp.copies.items()
             for r in range(n)
         ]
         out += [
-            analysis_csv(exp.id, seed, "instability", f"level_{lv:02d}")
-            for lv in exp.instability
+            analysis_csv(exp.id, seed, "instability", instability_name(branch, lv))
+            for branch, lv in exp.instability
         ]
         out += [
             analysis_csv(exp.id, seed, "hessian", f"{b}_level_{lv:02d}")
@@ -327,8 +366,17 @@ def previous_level(wildcards):
 
 
 def ablated_level(wildcards):
-    """A branch needs its IMP level's mask (oneshot and copy included: ticketbench reads it)."""
-    return summary(wildcards.experiment, wildcards.seed, "imp", wildcards.level)
+    """A branch needs its IMP level's mask (oneshot and copy included: ticketbench reads it); a copy
+    of a random baseline also needs that baseline's replicate 0, whose init or mask it shares.
+    """
+    level = summary(wildcards.experiment, wildcards.seed, "imp", wildcards.level)
+    copied = RANDOM_COPIES.get(wildcards.kind)
+    if copied is None:
+        return [level]
+    return [
+        level,
+        summary(wildcards.experiment, wildcards.seed, copied, wildcards.level, 0),
+    ]
 
 
 def previous_finetune(wildcards):
@@ -354,13 +402,19 @@ def analysed_summary(wildcards):
     return os.path.join(analysed_job(wildcards), "summary.json")
 
 
-def copy_pairs(wildcards):
-    """All SGD-noise copies of a level: copies 2r and 2r+1 are instability pair r."""
-    n = experiment_of(wildcards).copies[int(wildcards.level)]
-    return [
-        summary(wildcards.experiment, wildcards.seed, "copy", wildcards.level, r)
-        for r in range(n)
-    ]
+def copy_pairs(branch):
+    """All SGD-noise copies of a level in ``branch`` (or the ``branch`` wildcard if None): copies 2r
+    and 2r+1 are instability pair r."""
+
+    def pairs(wildcards):
+        copies = branch or wildcards.branch
+        n = experiment_of(wildcards).copies[(copies, int(wildcards.level))]
+        return [
+            summary(wildcards.experiment, wildcards.seed, copies, wildcards.level, r)
+            for r in range(n)
+        ]
+
+    return pairs
 
 
 def successive_pair(wildcards):

@@ -68,7 +68,9 @@ rule imp_level:
 
 
 rule branch:
-    """A baseline or SGD-noise copy of IMP level L: random_reinit, random_prune, oneshot, copy."""
+    """A baseline or SGD-noise copy at IMP level L: random_reinit, random_prune, oneshot, copy (of
+    the IMP subnetwork), copy_random_reinit, copy_random_prune (of that baseline's replicate 0).
+    """
     input:
         ablated_level,
     output:
@@ -76,7 +78,7 @@ rule branch:
     log:
         f"{LOGS}/{{kind}}_level_{{level}}_rep_{{replicate}}.log",
     wildcard_constraints:
-        kind="random_reinit|random_prune|oneshot|copy",
+        kind="|".join((*BASELINES, "copy", *RANDOM_COPIES)),
     threads: config["threads"]
     resources:
         mem_mb=resource("train", "mem_mb"),
