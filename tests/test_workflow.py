@@ -7,7 +7,6 @@ out of the repository."""
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import re
@@ -124,15 +123,6 @@ def test_the_workflow_files_are_formatted():
     proc = subprocess.run([str(BIN / "snakefmt"), "--check", "Snakefile", "workflow"], cwd=REPO,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-
-
-def test_workflow_train_sizes_are_the_data_modules():
-    """The workflow resolves schedules without importing torch, from its own copy of the sizes."""
-    from ticketbench import data
-
-    text = (REPO / "workflow/rules/common.smk").read_text()
-    literal = re.search(r"^OFFICIAL_TRAIN = (\{.*?\})$", text, flags=re.M | re.S).group(1)
-    assert ast.literal_eval(literal) == {name: sizes[0] for name, sizes in data.SIZES.items()}
 
 
 def rewind(spec) -> int:

@@ -29,6 +29,9 @@ from typing import Any, Literal
 import yaml
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "synthetic")
+OFFICIAL_SIZES = {"mnist": (60000, 10000), "fashion_mnist": (60000, 10000), "cifar10": (50000, 10000)}
+"""(train, test) examples of the official datasets: here, not in ``data`` (which imports torch), so that the
+workflow's parse-time schedule checks and the report use the same numbers as the loader's integrity check."""
 MODELS = ("lenet_300_100", "conv2", "conv4", "conv6", "resnet20", "vgg16", "vgg19")
 LAYER_KINDS = ("conv", "shortcut", "fc", "output")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")

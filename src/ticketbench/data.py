@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import DataConfig
+from .config import OFFICIAL_SIZES, DataConfig
 
 log = logging.getLogger("ticketbench")
 
@@ -61,7 +61,6 @@ IDX_MD5 = {
     },
     "mnist": {},
 }
-SIZES = {"mnist": (60000, 10000), "fashion_mnist": (60000, 10000), "cifar10": (50000, 10000)}
 SHAPES = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32)}  # (channels, height, width)
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 TORCHVISION_FOLDERS = {"mnist": "MNIST/raw", "fashion_mnist": "FashionMNIST/raw", "cifar10": "cifar-10-batches-py"}
@@ -191,9 +190,9 @@ def read_official(name: str, root: str | Path | None, verify: bool = True,
 
 
 def _check_sizes(name: str, folder: Path, n_train: int, n_test: int, verify: bool) -> None:
-    if verify and (n_train, n_test) != SIZES[name]:
+    if verify and (n_train, n_test) != OFFICIAL_SIZES[name]:
         raise DatasetError(f"{folder}: {name} has {n_train}/{n_test} train/test examples, expected "
-                           f"{SIZES[name][0]}/{SIZES[name][1]}; the copy is incomplete (re-download it)")
+                           f"{OFFICIAL_SIZES[name][0]}/{OFFICIAL_SIZES[name][1]}; the copy is incomplete (re-download it)")
 
 
 def _candidates(name: str, root: Path, fallback: bool) -> list[Path]:

@@ -14,20 +14,21 @@ from dataclasses import dataclass
 
 import yaml
 
-from ticketbench.config import ConfigError, RunConfig, experiment_run
+from ticketbench.config import (
+    BRANCHES,
+    COPIES,
+    OFFICIAL_SIZES,
+    ConfigError,
+    RunConfig,
+    experiment_run,
+)
 
-# Training-split sizes of the official datasets, as in ticketbench.data.SIZES (which imports torch, too
-# slow for every DAG build); tests/test_workflow.py keeps the two equal.
-OFFICIAL_TRAIN = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000}
-
-BASELINES = ("random_reinit", "random_prune", "oneshot")
-# SGD-noise copies of a random baseline (LMC Sec. 4: random pruning and random reinitialization are
-# neither stable nor matching): every copy shares the baseline's replicate 0 (its fresh init or random
-# mask) and draws data order and augmentation of its own. "copy" is the IMP subnetwork's copies.
-RANDOM_COPIES = {
-    "copy_random_reinit": "random_reinit",
-    "copy_random_prune": "random_prune",
-}
+# The branch names are ticketbench.config's: the baselines, and the SGD-noise copies of a random
+# baseline (LMC Sec. 4: random pruning and random reinitialization are neither stable nor matching),
+# which share the baseline's replicate 0 (its fresh init or random mask) and draw data order and
+# augmentation of their own. "copy" is the IMP subnetwork's copies.
+BASELINES = tuple(b for b in BRANCHES if b not in COPIES)
+RANDOM_COPIES = {b: copied for b, copied in COPIES.items() if copied != "imp"}
 # Resources per job when neither the config nor the experiment says otherwise (MB, minutes).
 DEFAULT_RESOURCES = {
     "train": {"mem_mb": 8000, "runtime": 240},
@@ -88,7 +89,7 @@ def check_schema(config, schema_path, where):
 def train_size(cfg: RunConfig) -> int:
     """Number of training examples, computed as ticketbench.data.load splits the data."""
     d = cfg.data
-    total = d.synthetic_train if d.name == "synthetic" else OFFICIAL_TRAIN[d.name]
+    total = d.synthetic_train if d.name == "synthetic" else OFFICIAL_SIZES[d.name][0]
     n = total - d.validation_size
     if n < 1:
         raise ConfigError(

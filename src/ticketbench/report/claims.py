@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from ..config import COPIES
 from . import tables
 
 REPRODUCED, NOT_REPRODUCED, NOT_RUN, NOT_CHECKED = "reproduced", "not reproduced", "not run at this scale", "not checked"
@@ -164,7 +165,7 @@ def suite(workflow_config: Path) -> dict[str, SuiteExperiment]:
     for exp, spec in experiments.items():
         seeds = spec.get("seeds") or [0]
         run = experiment_run(spec, exp, int(seeds[0]), str(workflow_config)).to_dict()
-        out[exp] = SuiteExperiment(spec.get("family", ""), frozenset(_suite_branches(spec)), run)
+        out[exp] = SuiteExperiment(spec.get("family", ""), frozenset(branches_of(spec)), run)
     return out
 
 
@@ -175,16 +176,15 @@ def paper_suite(claims_path: Path) -> dict[str, SuiteExperiment] | None:
     return suite(path) if path.is_file() else None
 
 
-def _suite_branches(spec: dict[str, Any]) -> set[str]:
+def branches_of(spec: dict[str, Any]) -> set[str]:
     """IMP, the baselines, fine-tuning, and the SGD-noise copies of the instability analysis: ``copy``
-    of the IMP network, ``copy_<baseline>`` of each baseline named in ``instability.branches``."""
+    of the IMP network, and a copy of each random baseline named in ``instability.baselines``."""
     out = {"imp", *(spec.get("baselines") or {})}
     if (spec.get("finetune") or {}).get("levels"):
         out.add("finetune")
     inst = spec.get("instability")
     if inst:
-        out |= {"copy" if b in ("imp", "copy") else b if b.startswith("copy_") else f"copy_{b}"
-                for b in inst.get("branches", ["imp"])}
+        out |= {b for b, copied in COPIES.items() if copied == "imp" or copied in (inst.get("baselines") or [])}
     return out
 
 

@@ -172,9 +172,8 @@ def _train_size(data: config_mod.DataConfig) -> int:
     if data.name == "synthetic":
         full = data.synthetic_train
     else:
-        from ..data import SIZES
 
-        full = SIZES[data.name][0]
+        full = config_mod.OFFICIAL_SIZES[data.name][0]
     n = full - data.validation_size
     return min(n, data.train_subset) if data.train_subset else n
 

@@ -4,7 +4,7 @@
 (``tables`` in results/dvc.yaml, with the training; ``figures`` and ``document`` in dvc.yaml):
 
 - ``tables``: ``tables/*.csv``, tidy, from the stored runs;
-- ``figures``: ``figures/*.png`` and their index ``tables/figures.csv``, from the tables;
+- ``figures``: ``figures/*.png`` (and ``*.svg``) and their index ``tables/figures.csv``, from the tables;
 - ``document``: ``report.md``, ``report.html`` (figures inline, viewable offline) and ``metrics.json``
   (headline numbers per experiment for ``dvc metrics diff``), from the tables, the figures,
   ``config/claims.yaml`` and the workflow config, whose run configs must have the tables' config hashes.
@@ -94,12 +94,12 @@ def write_figures(results: Path, data: dict[str, pd.DataFrame | None], scale: st
 
     out = Path(results) / "figures"
     drawn, skipped = figures.draw_all(data, scale, out)
-    keep = {p.name for p, _ in drawn}
-    for stale in out.glob("*.png"):
+    keep = {q.name for p, _ in drawn for q in (p, figures.vector_of(p))}
+    for stale in [*out.glob("*.png"), *out.glob("*.svg")]:
         if stale.name not in keep:
             stale.unlink()
-    # The figure index is a tidy table beside the others (the figures folder holds only PNGs, which is
-    # what DVC's image plots expect).
+    # The figure index is a tidy table beside the others (the figures folder holds only the figures, each
+    # as a PNG, which the report links, and as an SVG, figures.vector_of).
     index = [{"figure": p.name, "drawn": True, "caption": c} for p, c in drawn] + [
         {"figure": f"{name}.png", "drawn": False, "caption": why} for name, why in skipped.items()]
     tables.write_csv(pd.DataFrame(index, columns=["figure", "drawn", "caption"]).sort_values("figure"),
@@ -212,9 +212,7 @@ def missing(experiments: dict[str, Any], data: dict[str, pd.DataFrame | None]) -
             lacking = [lv for lv in range(levels + 1) if lv not in imp]
             if lacking:
                 out.append(f"`{exp}` seed {seed}: IMP level {_join(lacking)} missing")
-        wanted = [*(spec.get("baselines") or {}), *(["finetune"] if spec.get("finetune") else []),
-                  *(["copy"] if spec.get("instability") else [])]
-        for branch in wanted:
+        for branch in sorted(claims_mod.branches_of(spec) - {"imp"}):
             lacking = [s for s in seeds if s not in absent and have[(have["seed"] == s) & (have["branch"] == branch)].empty]
             if lacking:
                 out.append(f"`{exp}`: branch {branch} missing for seed {_join(lacking)}")
@@ -315,6 +313,9 @@ def _blocks(jobs: pd.DataFrame, found: list[claims_mod.Result], captions: dict[s
         b.append(("list", gaps))
     elif gaps is None:
         b.append(("p", "**Completeness not checked**: no workflow config given (`--config`)."))
+    unknown = tables.unrecorded(jobs)
+    if unknown:
+        b.append(("p", "**Older jobs.** " + "; ".join(unknown) + ". Checks that need these columns say so."))
     b.append(("p", _headline_text(found)))
     b.append(("table", _paper_counts(found, cite)))
     b.append(("p", "Every number is computed from the stored runs (`runs/`) by `ticketbench report`; `ticketbench "
@@ -341,6 +342,7 @@ def _blocks(jobs: pd.DataFrame, found: list[claims_mod.Result], captions: dict[s
         b += [("p", f"`{exp}`: {d.problem}.") for exp, d in devs.items() if d.problem]
         b.append(("table", deviations_table(devs)))
     b.append(("h2", "Figures"))
+    b.append(("p", "Each figure is also in `figures/` as an SVG of the same name, for print and zooming in."))
     for name, caption in sorted(captions.items()):
         b.append(("figure", (name, caption)))
     if skipped:

@@ -200,7 +200,7 @@ def _rewind_step(run: Path, cfg: dict[str, Any]) -> float:
 
 def test_set_size(run_config: dict[str, Any]) -> int:
     """Test examples a run evaluates on: ``data.test_subset`` if set, else the dataset's test split
-    (``data.SIZES``; ``synthetic_test`` for synthetic data)."""
+    (``config.OFFICIAL_SIZES``; ``synthetic_test`` for synthetic data)."""
     d = run_config["data"]
     subset = int(d.get("test_subset") or 0)
     if d["name"] == "synthetic":
@@ -208,7 +208,7 @@ def test_set_size(run_config: dict[str, Any]) -> int:
     elif subset:
         return subset  # data.load takes the first test_subset of a permutation: never more than the split
     else:
-        from ..data import SIZES  # imports torch, so only for runs on a full official test split
+        from ..config import OFFICIAL_SIZES
 
-        full = SIZES[d["name"]][1]
+        full = OFFICIAL_SIZES[d["name"]][1]
     return min(subset, full) if subset else full
