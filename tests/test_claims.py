@@ -127,9 +127,9 @@ def path(experiment: str, k: float, level: int, errors: list[float], seed: int =
 
 def test_error_barrier_is_the_peak_above_the_mean_of_the_endpoints():
     inst = path("k0", 0, 0, [0.10, 0.50, 0.20])
-    b = claims.barriers(inst)
+    b = tables.barriers(inst)
     assert b["barrier"].item() == pytest.approx(100 * (0.50 - 0.15))
-    assert claims.barriers(path("k0", 0, 0, [0.1, 0.1, 0.1]))["barrier"].item() == 0
+    assert tables.barriers(path("k0", 0, 0, [0.1, 0.1, 0.1]))["barrier"].item() == 0
 
 
 def test_instability_trend_and_onset_follow_the_barriers():

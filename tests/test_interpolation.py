@@ -15,8 +15,8 @@ from torch import nn
 
 from ticketbench import cli
 from ticketbench.analysis.commands import register
-from ticketbench.analysis.interpolation import (alphas, barrier, barriers, common_mask, endpoints, interpolate_state,
-                                                path, recompute_batchnorm, spread)
+from ticketbench.analysis.barriers import barrier, barriers, spread
+from ticketbench.analysis.interpolation import alphas, common_mask, endpoints, interpolate_state, path, recompute_batchnorm
 from ticketbench.data import Split
 from ticketbench.train import evaluate
 
@@ -223,7 +223,8 @@ def test_hessian_command_writes_tidy_eigenvalues_trace_and_volumes(tiny):
 def test_instability_command_interpolates_the_copy_pairs(tiny):
     _, run = tiny
     out = run / "analysis" / "instability" / "level_01.csv"
-    analysis_cli(["instability", str(run), "--level", "1", "--pairs", "1", "--points", "5", "-o", str(out), "--threads", "1"])
+    analysis_cli(["instability", str(run), "--level", "1", "--pairs", "1", "--points", "5", "-o", str(out),
+                  "--barriers", str(out.with_name("level_01_barriers.csv")), "--threads", "1"])
     paths = pd.read_csv(out)
     assert len(paths) == 5 and paths["alpha"].tolist() == alphas(5)
     assert {"experiment", "run", "seed", "level", "branch", "pair", "point", "alpha", "test_error"} <= set(paths.columns)
@@ -243,7 +244,8 @@ def test_interpolate_command_runs_successive_levels_with_both_mask_modes(tiny):
     _, run = tiny
     out = run / "analysis" / "successive" / "level_01.csv"
     analysis_cli(["interpolate", str(run / "imp" / "level_01"), str(run / "imp" / "level_02"), "--mask", "common", "none",
-                  "--points", "4", "--train-examples", "100", "-o", str(out), "--threads", "1"])
+                  "--points", "4", "--train-examples", "100", "-o", str(out),
+                  "--barriers", str(out.with_name("level_01_barriers.csv")), "--threads", "1"])
     paths = pd.read_csv(out)
     assert sorted(paths["mask"].unique()) == ["common", "none"] and len(paths) == 8
     assert (paths["level"] == 1).all() and (paths["level_b"] == 2).all()

@@ -1,8 +1,8 @@
 """Loss-landscape analyses of trained networks (ticketbench.analysis), tidy CSVs.
 
 RUN/analysis/<kind>/ holds one table per job that the report reads (one row per eigenvalue or per
-point of a path); the per-path barriers go to RUN/analysis/barriers/, apart, because the report reads
-every CSV of an analysis folder as that analysis.
+point of a path). The report computes barriers from these paths itself (ticketbench.analysis.barriers),
+so the per-path barrier tables of the CLI (--barriers) are not written here.
 """
 
 
@@ -36,7 +36,6 @@ rule instability:
         copy_pairs("copy"),
     output:
         paths=f"{RUN}/analysis/instability/level_{{level}}.csv",
-        barriers=f"{RUN}/analysis/barriers/instability_level_{{level}}.csv",
     log:
         f"{LOGS}/instability_level_{{level}}.log",
     threads: config["threads"]
@@ -51,7 +50,7 @@ rule instability:
         runtime=runtime_flags,
     shell:
         "ticketbench instability {params.run} --level {wildcards.level} {params.options}"
-        " -o {output.paths} --barriers {output.barriers} {params.runtime} > {log} 2>&1"
+        " -o {output.paths} {params.runtime} > {log} 2>&1"
 
 
 rule baseline_instability:
@@ -60,7 +59,6 @@ rule baseline_instability:
         copy_pairs(None),
     output:
         paths=f"{RUN}/analysis/instability/{{branch}}_level_{{level}}.csv",
-        barriers=f"{RUN}/analysis/barriers/instability_{{branch}}_level_{{level}}.csv",
     log:
         f"{LOGS}/instability_{{branch}}_level_{{level}}.log",
     wildcard_constraints:
@@ -77,7 +75,7 @@ rule baseline_instability:
         runtime=runtime_flags,
     shell:
         "ticketbench instability {params.run} --level {wildcards.level} --branch {wildcards.branch}"
-        " {params.options} -o {output.paths} --barriers {output.barriers} {params.runtime} > {log} 2>&1"
+        " {params.options} -o {output.paths} {params.runtime} > {log} 2>&1"
 
 
 rule successive:
@@ -86,7 +84,6 @@ rule successive:
         successive_pair,
     output:
         paths=f"{RUN}/analysis/successive/level_{{level}}.csv",
-        barriers=f"{RUN}/analysis/barriers/successive_level_{{level}}.csv",
     log:
         f"{LOGS}/successive_level_{{level}}.log",
     threads: config["threads"]
@@ -101,4 +98,4 @@ rule successive:
         runtime=runtime_flags,
     shell:
         "ticketbench interpolate {params.jobs} {params.options}"
-        " -o {output.paths} --barriers {output.barriers} {params.runtime} > {log} 2>&1"
+        " -o {output.paths} {params.runtime} > {log} 2>&1"

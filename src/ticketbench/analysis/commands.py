@@ -77,8 +77,8 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, Handler]:
 
 def _path_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="CSV, one row per point of each path")
-    p.add_argument("--barriers", type=Path, help="CSV, one row per path with the barrier of each metric "
-                                                 "(default: <output>_barriers.csv)")
+    p.add_argument("--barriers", type=Path, help="also write this CSV, one row per path with the barrier of each "
+                                                 "metric (default: none; the barriers are logged)")
     g = p.add_argument_group("path (see ticketbench.analysis.interpolation)")
     g.add_argument("--points", type=int, default=30, help="evenly spaced alphas, endpoints included (default: 30, as LMC)")
     g.add_argument("--bn", choices=["as_is", "recompute"], default="as_is",
@@ -205,7 +205,7 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
 
     from ..config import ConfigError
     from ..imp import run_root_of
-    from .interpolation import barriers
+    from .barriers import barriers
 
     _check_points(args)
     if run_root_of(args.job_a).resolve() != run_root_of(args.job_b).resolve():
@@ -225,7 +225,8 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
     paths = pd.concat(frames, ignore_index=True)
     _write(paths, args.output, "interpolation path")
     per_path = barriers(paths, [*ident, "mask", "bn"])
-    _write(per_path, args.barriers or _sibling(args.output, "barriers"), "barriers")
+    if args.barriers:
+        _write(per_path, args.barriers, "barriers")
     for _, r in per_path.iterrows():
         log.info("mask=%s bn=%s: test error barrier %.4f, train error barrier %.4f, test loss barrier %.4f",
                  r["mask"], r["bn"], r["test_error_barrier"], r["train_error_barrier"], r["test_loss_barrier"])
@@ -235,7 +236,7 @@ def cmd_instability(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from ..config import ConfigError
-    from .interpolation import barriers, spread
+    from .barriers import barriers, spread
 
     _check_points(args)
     if args.pairs < 1:
@@ -257,7 +258,8 @@ def cmd_instability(args: argparse.Namespace) -> None:
     _write(paths, args.output, "instability paths")
     keys = ["experiment", "run", "seed", "branch", "level", "density", "pair", "replicate_a", "replicate_b", "mask", "bn"]
     per_pair = barriers(paths, keys)
-    _write(per_pair, args.barriers or _sibling(args.output, "barriers"), "barriers per pair")
+    if args.barriers:
+        _write(per_pair, args.barriers, "barriers per pair")
     s = spread(per_pair, ["level"]).iloc[0]
     std = s["test_error_barrier_std"]
     log.info("level %d, %d pair(s): test error barrier %.4f +- %s (train %.4f)", args.level, args.pairs,

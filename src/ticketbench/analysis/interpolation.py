@@ -1,4 +1,4 @@
-"""Linear interpolation between two trained networks: loss and error along the path, and the barrier.
+"""Linear interpolation between two trained networks: loss and error along the path (its barrier: ``barriers``).
 
 Definitions (Frankle et al. 2020, "Linear Mode Connectivity and the LTH", Sec. 2; as summarized in
 ``reported_claims.yaml: lmc-def-instability``, the primary text could not be retrieved here):
@@ -38,8 +38,7 @@ Both variants are therefore computed (``successive`` in ``commands.py`` writes `
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 import pandas as pd
 import torch
@@ -49,7 +48,6 @@ from ..data import Split, stream_seed
 from ..masks import Mask
 from ..train import evaluate
 
-METRICS = ("train_loss", "train_error", "test_loss", "test_error")
 MASK_MODES = ("none", "common")
 BN_MODES = ("as_is", "recompute")
 _TRAIN_EVAL_SUBSET = 51  # stream id for the seeded training-evaluation subset
@@ -159,39 +157,3 @@ def path(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tensor], tra
     return pd.DataFrame(rows)
 
 
-def barrier(values: Iterable[float]) -> float:
-    """max along the path - mean of the two endpoints (>= 0, since the endpoints are on the path)."""
-    v = list(values)
-    if len(v) < 2:
-        raise ValueError("a barrier needs a path with both endpoints")
-    return max(v) - (v[0] + v[-1]) / 2
-
-
-def barriers(paths: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """One row per path (the groups of ``by``): the barrier of each metric, ``<metric>_barrier``, and
-    the endpoint values ``<metric>_a`` / ``<metric>_b``. Rows of a path must be ordered by alpha."""
-    rows = []
-    for key, g in paths.sort_values([*by, "alpha"]).groupby(by, sort=True, dropna=False):
-        row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
-        for m in METRICS:
-            v = g[m].tolist()
-            row[f"{m}_barrier"] = barrier(v)
-            row[f"{m}_a"], row[f"{m}_b"] = v[0], v[-1]
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def spread(per_pair: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """Mean, sample standard deviation, min, max and count of every barrier over the pairs in each group
-    of ``by`` (LMC reports means over replicates with their spread)."""
-    cols = [f"{m}_barrier" for m in METRICS]
-    rows = []
-    for key, g in per_pair.groupby(by, sort=True, dropna=False):
-        row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
-        row["pairs"] = len(g)
-        for c in cols:
-            row[f"{c}_mean"] = float(g[c].mean())
-            row[f"{c}_std"] = float(g[c].std(ddof=1)) if len(g) > 1 else math.nan
-            row[f"{c}_min"], row[f"{c}_max"] = float(g[c].min()), float(g[c].max())
-        rows.append(row)
-    return pd.DataFrame(rows)

@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from ..analysis.barriers import barrier
 from ..config import COPIES
 from . import tables
 
@@ -840,40 +841,6 @@ def _last_density(chk, unit, ctx):
 
 # ---- instability (Frankle et al. 2020) ------------------------------------------------------------
 
-BARRIER_KEYS = ["experiment", "group", "seed", "rewind_step", "level"]
-
-
-def pair_barriers(instability: pd.DataFrame | None) -> pd.DataFrame:
-    """Error barrier per run, copied network (``branch``: ``copy`` = the IMP subnetwork), level and copy
-    pair: max over the path of the test error minus the mean of the endpoints' errors (LMC Sec. 2), in
-    percentage points, with the mean test error of the three points involved (``error``)."""
-    from .tables import INSTABILITY_ERROR, instability_paths
-
-    cols = [*BARRIER_KEYS, "branch", "pair", "barrier", "max_error", "error"]
-    if instability is None or instability.empty:
-        return pd.DataFrame(columns=cols)
-    instability = instability_paths(instability)
-    if "branch" not in instability.columns:
-        instability = instability.assign(branch="copy")
-    pair = [c for c in ("pair", "replicate") if c in instability.columns][:1]
-
-    def one(path: pd.DataFrame) -> pd.Series:
-        p = path.sort_values("alpha")
-        err = 100 * p[INSTABILITY_ERROR].to_numpy(dtype=float)
-        return pd.Series({"barrier": err.max() - (err[0] + err[-1]) / 2, "max_error": err.max(),
-                          "error": (err.max() + err[0] + err[-1]) / 3})
-
-    out = instability.groupby([*BARRIER_KEYS, "branch", *pair], dropna=False)[["alpha", INSTABILITY_ERROR]].apply(one)
-    out = out.reset_index()
-    return out.rename(columns={pair[0]: "pair"}) if pair else out.assign(pair=0)
-
-
-def barriers(instability: pd.DataFrame | None) -> pd.DataFrame:
-    """:func:`pair_barriers` averaged over pairs per run, copied network and level."""
-    per_pair = pair_barriers(instability)
-    return per_pair.groupby([*BARRIER_KEYS, "branch"], dropna=False)[["barrier", "max_error"]].mean().reset_index()
-
-
 def barrier_noise(pairs: pd.DataFrame, test_size: int | None) -> float | None:
     """The noise of a mean barrier over ``pairs`` (all pairs of all seeds) by :data:`NOISE_RULE`."""
     if pairs.empty or not test_size:
@@ -882,7 +849,7 @@ def barrier_noise(pairs: pd.DataFrame, test_size: int | None) -> float | None:
 
 
 def _instability_unit(chk, unit: pd.DataFrame, ctx: Context) -> pd.DataFrame:
-    b = pair_barriers(ctx.analyses.get("instability"))
+    b = tables.pair_barriers(ctx.analyses.get("instability"))
     b = b[b["experiment"].isin(unit["experiment"].unique())]
     if b.empty:
         raise NotRun("instability analysis not run for these runs")
@@ -1025,8 +992,7 @@ def _successive_iff_matching(chk, unit, ctx):
 
 
 def _path_barrier(path: pd.DataFrame, column: str) -> float:
-    err = 100 * path.sort_values("alpha")[column].to_numpy(dtype=float)
-    return float(err.max() - (err[0] + err[-1]) / 2)
+    return float(barrier(100 * path.sort_values("alpha")[column].to_numpy(dtype=float)))
 
 
 MEASURES = {"value": _value, "difference": _difference, "ratio": _ratio, "versus_dense": _versus_dense, "best": _best,

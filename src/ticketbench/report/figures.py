@@ -233,8 +233,7 @@ def stabilized_instability_figure(group: pd.DataFrame, instability: pd.DataFrame
                                   out: Path) -> list[tuple[Path, str]]:
     """Left: error barrier vs. rewind point k for the dense net and the IMP subnetworks (LMC Figs. 3, 5).
     Right: test error along the linear path between the two SGD-noise copies, per k (LMC Fig. 2)."""
-    from .claims import barriers
-    from .tables import INSTABILITY_ERROR, instability_paths
+    from .tables import INSTABILITY_ERROR, barriers, instability_paths
 
     inst = instability_paths(instability)
     inst = inst[inst["experiment"].isin(group["experiment"].unique())]

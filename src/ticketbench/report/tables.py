@@ -24,6 +24,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from ..analysis.barriers import barrier
+
 RUN_COLUMNS = ["experiment", "family", "group", "network", "dataset", "seed", "rewind_step", "run"]
 JOB_COLUMNS = ["experiment", "run", "config_hash", "seed", "branch", "level", "replicate", "density", "density_total",
                "final_test_acc", "final_test_loss", "final_train_loss", "final_train_acc",
@@ -212,3 +214,35 @@ def test_set_size(run_config: dict[str, Any]) -> int:
 
         full = OFFICIAL_SIZES[d["name"]][1]
     return min(subset, full) if subset else full
+
+
+BARRIER_KEYS = ["experiment", "group", "seed", "rewind_step", "level"]
+
+
+def pair_barriers(instability: pd.DataFrame | None) -> pd.DataFrame:
+    """Error barrier per run, copied network (``branch``: ``copy`` = the IMP subnetwork), level and copy
+    pair: max over the path of the test error minus the mean of the endpoints' errors (LMC Sec. 2), in
+    percentage points, with the mean test error of the three points involved (``error``)."""
+    cols = [*BARRIER_KEYS, "branch", "pair", "barrier", "max_error", "error"]
+    if instability is None or instability.empty:
+        return pd.DataFrame(columns=cols)
+    instability = instability_paths(instability)
+    if "branch" not in instability.columns:
+        instability = instability.assign(branch="copy")
+    pair = [c for c in ("pair", "replicate") if c in instability.columns][:1]
+
+    def one(path: pd.DataFrame) -> pd.Series:
+        p = path.sort_values("alpha")
+        err = 100 * p[INSTABILITY_ERROR].to_numpy(dtype=float)
+        return pd.Series({"barrier": barrier(err), "max_error": err.max(),
+                          "error": (err.max() + err[0] + err[-1]) / 3})
+
+    out = instability.groupby([*BARRIER_KEYS, "branch", *pair], dropna=False)[["alpha", INSTABILITY_ERROR]].apply(one)
+    out = out.reset_index()
+    return out.rename(columns={pair[0]: "pair"}) if pair else out.assign(pair=0)
+
+
+def barriers(instability: pd.DataFrame | None) -> pd.DataFrame:
+    """:func:`pair_barriers` averaged over pairs per run, copied network and level."""
+    per_pair = pair_barriers(instability)
+    return per_pair.groupby([*BARRIER_KEYS, "branch"], dropna=False)[["barrier", "max_error"]].mean().reset_index()
