@@ -184,3 +184,15 @@ def test_instability_interpolates_the_copies_of_a_random_baseline_and_names_that
     assert set(paths["branch"]) == {"copy_random_prune"} and len(paths) == 3
     with pytest.raises(SystemExit):  # only copies form pairs
         cli.main(["instability", str(tmp_path / "run"), "--level", "1", "--pairs", "1", "--branch", "imp", "-o", str(out)])
+
+
+def test_verbose_adds_the_debug_lines_a_user_needs_to_see_what_a_job_does(write_config, tmp_path):
+    """-v shows the split sizes, each job's steps and seeds, and checkpoint writes; without it they are not shown."""
+    path = write_config(tiny_run(imp={"levels": 0, "rewind": "0it"}))
+    quiet = ticketbench("train", path, "--run-dir", tmp_path / "a")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    loud = subprocess.run([*TICKETBENCH, "-v", "train", str(path), "--run-dir", str(tmp_path / "b"), "--threads", "1",
+                           "--no-progress", "--checkpoint-seconds", "0"], capture_output=True, text=True, cwd=REPO, env=env)
+    assert quiet.returncode == loud.returncode == 0
+    for line in ("train / 64 validation / 128 test examples", "data-order seed", "checkpoint of step"):
+        assert line in loud.stderr and line not in quiet.stderr, line

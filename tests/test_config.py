@@ -92,6 +92,21 @@ def test_experiment_of_a_workflow_config_sets_name_all_seeds_and_source(tmp_path
         config.load_experiment(path, "lenet", 0)
 
 
+def test_a_seed_the_experiment_does_not_list_is_trained_with_a_warning_that_the_workflow_ignores_it(tmp_path, caplog):
+    import logging
+
+    import yaml
+
+    spec = tiny_run()
+    run = {k: spec[k] for k in ("data", "model", "train", "prune", "imp")}
+    path = tmp_path / "wf.yaml"
+    path.write_text(yaml.safe_dump({"experiments": {"lenet": {"seeds": [0, 1], "run": run}}}))
+    with caplog.at_level(logging.WARNING, logger="ticketbench"):
+        assert config.load_experiment(path, "lenet", 1).seeds.init == 1
+        assert not caplog.records
+        assert config.load_experiment(path, "lenet", 7).seeds.init == 7
+    assert "seed 7 is not one of experiments.lenet.seeds [0, 1]" in caplog.text
+
 def test_malformed_yaml_is_reported_with_its_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("name: x\ndata: {name: mnist\n")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import re
 import typing
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+log = logging.getLogger("ticketbench")
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "synthetic")
 OFFICIAL_SIZES = {"mnist": (60000, 10000), "fashion_mnist": (60000, 10000), "cifar10": (50000, 10000)}
@@ -335,6 +338,12 @@ def load_experiment(path: str | Path, experiment: str, seed: int) -> RunConfig:
     if not isinstance(experiments, dict) or experiment not in experiments:
         known = ", ".join(sorted(experiments)) if isinstance(experiments, dict) else "none"
         raise ConfigError(f"{path}: experiments.{experiment}: no such experiment (known: {known})")
+    seeds = experiments[experiment].get("seeds") if isinstance(experiments[experiment], dict) else None
+    if isinstance(seeds, list) and seed not in seeds:
+        # Allowed (another seed of the same protocol is a legitimate extra trial), but the workflow and its
+        # report only know the listed seeds: say so rather than let the user believe the run counts there.
+        log.warning("%s: seed %d is not one of experiments.%s.seeds %s; the run is trained, but the workflow and "
+                    "its report count only the listed seeds", path, seed, experiment, seeds)
     return experiment_run(experiments[experiment], experiment, seed, str(path))
 
 

@@ -127,6 +127,8 @@ def load(cfg: DataConfig, device: torch.device | str = "cpu", root: str | Path |
         return Split(x[ix].to(device), y[ix].to(device))
 
     train = split(xtr, ytr, train_idx)
+    log.debug("%s: %d train / %d validation / %d test examples of shape %s, %d classes, on %s (split seed %d)", cfg.name,
+              len(train_idx), len(val_idx), len(test_idx), shape, classes, device, cfg.split_seed)
     if cfg.augment:
         # Pad with the normalized value of a black pixel: torchvision pads the raw image with zeros.
         fill = torch.tensor([-m / s for m, s in zip(mean, std)], device=device).view(1, -1, 1, 1)

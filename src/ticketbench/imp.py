@@ -32,7 +32,7 @@ from . import checkpoints, config, data, models
 from .checkpoints import CheckpointError, JobLock, atomic_write
 from .config import BRANCHES, COPIES, ConfigError, RunConfig, Schedule, dump
 from .data import Data, stream_seed
-from .masks import Mask, dense_mask, layer_table, magnitude_prune, random_prune
+from .masks import Mask, dense_mask, density, layer_table, magnitude_prune, random_prune
 from .runtime import Runtime
 from .train import Job, fit
 
@@ -121,6 +121,8 @@ class Run:
             if not (folder / "mask.pt").is_file():
                 self.save_mask(folder, mask)
             order, aug = seeds or (self.cfg.seeds.data_order, self.cfg.seeds.augmentation)
+            log.debug("%s: steps %d-%d, data-order seed %d, augmentation seed %d, density %.4f, into %s", label,
+                      start, end, order, aug, density(mask), folder)
             job = Job(out=folder, state=state, mask=mask, start=start, end=end, lr=lr or self.lr(),
                       data_order_seed=order, augmentation_seed=aug, label=label, optimizer_state=optimizer_state,
                       snapshots=(self.schedule.rewind,) if snapshot else (), on_snapshot=snapshot,

@@ -213,6 +213,7 @@ def _loop(model: nn.Module, opt: torch.optim.Optimizer, masked: MaskedParameters
                 checkpoints.save(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                                              "rows": pos.rows, "train_loss": (float(pos.loss_sum), pos.loss_n)},
                                  kind="checkpoint", config_hash=config_hash)
+                log.debug("%s: checkpoint of step %d written to %s", job.label, step, ckpt_path)
                 last_ckpt = time.monotonic()
                 if term.raised:
                     bar.close()
