@@ -73,3 +73,20 @@ def test_reinit_start_at_its_default_keeps_the_group_of_runs_stored_before_it(tm
     old = group("old", "5it", drop=True)
     assert group("new", "5it") == old == group("new_k10", "10it")
     assert group("zero", "5it", reinit_start="zero") != old
+
+
+def test_a_run_records_its_resolved_schedule_and_the_tables_take_k_from_it(tmp_path):
+    """k given in epochs is resolved once, by the run, into iterations in its config.yaml; the jobs table
+    reads it there (no guessing from job start steps), and reloading the config ignores the record."""
+    from ticketbench import data
+    from ticketbench.imp import Run
+    from ticketbench.runtime import Runtime
+
+    cfg = config.from_dict(tiny_run(train={"steps": "4ep", "eval_every": "1ep"}, imp={"levels": 0, "rewind": "1ep"}))
+    run = Run(cfg, tmp_path / "run", data.load(cfg.data), Runtime(device="cpu", progress=False))
+    run.dense()
+    stored = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    per_epoch = run.schedule.iterations_per_epoch
+    assert stored["schedule"]["rewind"] == per_epoch and stored["schedule"]["total"] == 4 * per_epoch
+    assert config.load(tmp_path / "run" / "config.yaml").hash() == cfg.hash()
+    assert tables.run_info(tmp_path / "run")["rewind_step"] == per_epoch  # level 0 alone starts at 0, not k

@@ -375,8 +375,17 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(e, 'problem', e)})") from None
 
 
-def dump(cfg: RunConfig) -> str:
-    return yaml.safe_dump({**cfg.to_dict(), "hash": cfg.hash()}, sort_keys=False)
+RESOLVED_KEYS = ("hash", "schedule")
+"""What a run directory's config.yaml adds to the config it was asked for: the config's hash and its
+schedule resolved in iterations (``Schedule``), so that readers (the report, the audit) take k, T and the
+milestones from the run instead of re-deriving them; loading ignores them."""
+
+
+def dump(cfg: RunConfig, schedule: Schedule | None = None) -> str:
+    """The config.yaml of a run: the config, its hash and, given, its resolved schedule."""
+    resolved = ({"schedule": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(schedule).items()}}
+                if schedule is not None else {})
+    return yaml.safe_dump({**cfg.to_dict(), "hash": cfg.hash(), **resolved}, sort_keys=False)
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
@@ -384,7 +393,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields) - {"hash"})
+    unknown = sorted(set(raw) - set(fields) - set(RESOLVED_KEYS if not prefix else ()))
     if unknown:
         raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known: {', '.join(sorted(fields))})")
     kwargs = {}

@@ -86,7 +86,7 @@ class Run:
                 raise ConfigError(f"{self.root}: holds a run of config {stored}, not {self.hash}; use another --run-dir "
                                   f"(or delete it) instead of mixing two configurations")
         else:
-            atomic_write(path, dump(self.cfg))
+            atomic_write(path, dump(self.cfg, self.schedule))
 
     # -- building blocks ---------------------------------------------------------------------------
     def model(self, seed: int | None = None) -> torch.nn.Module:

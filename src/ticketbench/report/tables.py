@@ -175,7 +175,9 @@ def _group_of(cfg: dict[str, Any]) -> str:
     """An id shared by runs that differ only in the rewind point (and name/seed/hash)."""
     import hashlib
 
-    rest = {k: v for k, v in cfg.items() if k not in ("name", "source", "hash", "seeds")}
+    from ..config import RESOLVED_KEYS
+
+    rest = {k: v for k, v in cfg.items() if k not in ("name", "source", "seeds", *RESOLVED_KEYS)}
     rest["imp"] = {k: v for k, v in (rest.get("imp") or {}).items() if k != "rewind"}
     from ..config import ImpConfig
 
@@ -186,6 +188,11 @@ def _group_of(cfg: dict[str, Any]) -> str:
 
 
 def _rewind_step(run: Path, cfg: dict[str, Any]) -> float:
+    """k in iterations: as the run recorded it (config.yaml's resolved ``schedule``); runs stored before
+    it was recorded: the start step of a job that starts at k (a pruned level or an SGD-noise copy), else
+    the config's value if it is given in iterations, else NaN."""
+    if isinstance(cfg.get("schedule"), dict) and "rewind" in cfg["schedule"]:
+        return float(cfg["schedule"]["rewind"])
     for path in sorted(run.glob("*/level_*/**/summary.json")):
         s = json.loads(path.read_text())
         if (s.get("branch") not in (None, "finetune") and (s.get("level") or s.get("branch") == "copy")
