@@ -142,7 +142,7 @@ def reference_transform(cfg: config.DataConfig) -> T.Compose:
 class Setup:
     """One model's config, data, initial state and mask, shared by all of its loops."""
 
-    def __init__(self, raw: dict, root: Path, verify: bool):
+    def __init__(self, raw: dict, root: Path | None, verify: bool):
         self.cfg = config.from_dict(raw)
         self.batch = self.cfg.train.batch_size
         self.data = data.load(self.cfg.data, "cpu", root=root, verify=verify)
@@ -336,7 +336,8 @@ def main() -> None:
         root = Path(tmp)
         setups = {}
         if "lenet" in args.models:
-            setups["lenet"] = Setup(LENET, args.data_root or root, verify=True)
+            # No root given: ticketbench's default places (./data, $TICKETBENCH_DATA, Debian's package).
+            setups["lenet"] = Setup(LENET, args.data_root, verify=True)
         if "resnet20" in args.models:
             print(f"ResNet-20 data: {meta['data']['resnet20']}")
             write_synthetic_cifar(root / "cifar10")
