@@ -260,3 +260,36 @@ def test_config_rejects_values_that_cannot_work():
         HessianConfig(top_k=10, max_hvps=10).validate()
     with pytest.raises(ValueError, match="subset_fraction"):
         HessianConfig(subset_fraction=0.0).validate()
+
+
+def test_the_hessian_options_are_the_fields_of_its_config_everywhere():
+    """``HessianConfig`` is the one list of the analysis's options: the CLI has one flag per field with the
+    field's default, and every option the workflow schema allows is a field whose flag is its name."""
+    import dataclasses
+
+    import yaml
+
+    from ticketbench.analysis import HessianConfig
+    from ticketbench.analysis.commands import HESSIAN_FLAG_NAMES
+    from ticketbench.cli import build_parser
+
+    from conftest import REPO
+
+    args = build_parser().parse_args(["hessian", "job", "-o", "h.csv"])
+    fields = {f.name for f in dataclasses.fields(HessianConfig)}
+    assert HessianConfig(**{name: getattr(args, name) for name in fields}) == HessianConfig()
+    changed = build_parser().parse_args(["hessian", "job", "-o", "h.csv", "--top-k", "3", "--hessian-seed", "7",
+                                         "--volume", "laplace"])
+    assert (changed.top_k, changed.seed, changed.volume) == (3, 7, "laplace")
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+
+    def hessian_block(node):  # the experiments' `hessian:` properties, wherever the schema nests them
+        if isinstance(node, dict):
+            if isinstance(node.get("hessian"), dict) and "properties" in node["hessian"]:
+                return node["hessian"]["properties"]
+            return next((b for b in map(hessian_block, node.values()) if b), None)
+        return None
+
+    hessian = hessian_block(schema)
+    options = set(hessian) - {"branches", "levels"}
+    assert options and options <= fields and not options & set(HESSIAN_FLAG_NAMES)

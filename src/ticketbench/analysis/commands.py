@@ -16,40 +16,47 @@ files directly. torch is imported inside the handlers, so ``ticketbench --help``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from . import HessianConfig
 
 log = logging.getLogger("ticketbench")
 
 Handler = Callable[[argparse.Namespace], Any]
 
 
+HESSIAN_FLAG_NAMES = {"seed": "hessian-seed"}
+"""Options whose flag is not the field name with dashes: the training commands' --seed is the run's seed."""
+
+
+def hessian_flags(g: argparse._ArgumentGroup) -> None:
+    """One option per ``HessianConfig`` field: its flag, type or choices, default and help come from the
+    field, so the dataclass is the only list of the analysis's options (the workflow's ``hessian:`` keys
+    become these flags by name, tests/test_hessian.py holds the schema to them)."""
+    hints = typing.get_type_hints(HessianConfig)
+    for f in dataclasses.fields(HessianConfig):
+        kind = hints[f.name]
+        choices = typing.get_args(kind) if typing.get_origin(kind) is typing.Literal else None
+        g.add_argument(f"--{HESSIAN_FLAG_NAMES.get(f.name, f.name.replace('_', '-'))}", dest=f.name, default=f.default,
+                       type=None if choices else kind, choices=choices, help=f"{f.metadata['flag']} (default: {f.default})")
+
+
 def register(subparsers: argparse._SubParsersAction) -> dict[str, Handler]:
     from .. import runtime
     from ..config import COPIES
-    from . import HessianConfig
-
-    d = HessianConfig()
     p = subparsers.add_parser("hessian", help="top-k Hessian eigenvalues, trace and basin volume of a trained network")
     p.add_argument("job", type=Path, help="job directory with final.pt and mask.pt, e.g. RUN/imp/level_03")
     p.add_argument("-o", "--output", type=Path, required=True, help="CSV, one row per quantity (eigenvalue i, trace, log-volumes)")
     p.add_argument("--density-output", type=Path, help="CSV of the SLQ density nodes/weights (default: <output>_density.csv)")
-    g = p.add_argument_group("analysis (see ticketbench.analysis.hessian.HessianConfig for sources)")
-    g.add_argument("--top-k", type=int, default=d.top_k, help=f"eigenvalues (default: {d.top_k} = number of classes)")
-    g.add_argument("--subset-fraction", type=float, default=d.subset_fraction, help=f"of the training split (default: {d.subset_fraction})")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help=f"examples per HVP chunk, speed only (default: {d.batch_size})")
-    g.add_argument("--max-hvps", type=int, default=d.max_hvps, help=f"Lanczos steps at most (default: {d.max_hvps})")
-    g.add_argument("--tol", type=float, default=d.tol, help=f"relative residual of every top-k pair (default: {d.tol})")
-    g.add_argument("--hessian-seed", type=int, default=d.seed, help=f"subset, start vector and probes (default: {d.seed})")
-    g.add_argument("--trace-samples", type=int, default=d.trace_samples, help=f"Hutchinson probes, 0 = none (default: {d.trace_samples})")
-    g.add_argument("--density-probes", type=int, default=d.density_probes, help=f"SLQ probes, 0 = none (default: {d.density_probes})")
-    g.add_argument("--density-steps", type=int, default=d.density_steps, help=f"Lanczos steps per SLQ probe (default: {d.density_steps})")
-    g.add_argument("--volume", choices=["ellipsoid", "laplace"], default=d.volume, help=f"estimate reported as log_volume (default: {d.volume})")
-    g.add_argument("--prior-variance", type=float, default=d.prior_variance, help=f"Laplace prior sigma^2 (default: {d.prior_variance})")
+    hessian_flags(p.add_argument_group("analysis (see ticketbench.analysis.HessianConfig for sources)"))
+    g = p.add_argument_group("speed")
     g.add_argument("--hvp", choices=["forward_over_reverse", "double_backward"], default="forward_over_reverse",
                    help="how HVPs are computed; same result, different speed (default: forward_over_reverse)")
     runtime.add_arguments(p)
@@ -135,14 +142,10 @@ def cmd_hessian(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from ..config import ConfigError
-    from . import HessianConfig
     from .hessian import analyse
 
     try:
-        cfg = HessianConfig(top_k=args.top_k, subset_fraction=args.subset_fraction, batch_size=args.batch_size,
-                            max_hvps=args.max_hvps, tol=args.tol, seed=args.hessian_seed, trace_samples=args.trace_samples,
-                            density_probes=args.density_probes, density_steps=args.density_steps, volume=args.volume,
-                            prior_variance=args.prior_variance).validate()
+        cfg = HessianConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(HessianConfig)}).validate()
     except ValueError as e:
         raise ConfigError(f"hessian: {e}") from None
     run = _open(args.job, args)
