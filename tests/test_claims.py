@@ -446,8 +446,13 @@ def test_the_random_baselines_instability_is_checked_on_their_own_copies():
     chk = check("barrier", {"op": ">=", "value": 2.0}, at={"level": 1}, of={"branch": "copy_random_prune"})
     res = run(chk, jobs, sized(jobs, 10_000), {"instability": inst})
     assert res.values == pytest.approx([30.0]) and res.verdict == claims.REPRODUCED
+    assert "random prune of IMP level 1" in res.detail
     imp = run({**chk, "of": {"branch": "copy"}}, jobs, sized(jobs, 10_000), {"instability": inst})
-    assert imp.values == pytest.approx([0.0])
+    assert imp.values == pytest.approx([0.0]) and "random" not in imp.detail
+    # At any scale too: the reduced configs that train the copies get a verdict on them, not only the paper's.
+    anywhere = [chk for chk in stab if "protocol" not in (chk.get("select") or {})]
+    assert {chk["of"]["branch"] for chk in anywhere} == {"copy_random_prune", "copy_random_reinit"}
+    assert all(chk["at"] == "sparsest" for chk in anywhere)
 
 
 # ---- 10. no machine's path in the claims file -----------------------------------------------------

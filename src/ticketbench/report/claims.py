@@ -941,7 +941,9 @@ def _level_note(chk, unit: pd.DataFrame, level: int, ks) -> str:
     col = DENSITY_COLUMNS[chk.get("density", "prunable")]
     rows = unit.loc[(unit["branch"] == "imp") & (unit["level"] == level)]
     d = rows[col].mean() if col in rows.columns else math.nan
-    where = "dense network" if level == 0 else f"IMP level {level} ({100 * d:.3g}% remaining)"
+    copied = COPIES.get((chk.get("of") or {}).get("branch", "copy") if isinstance(chk.get("of"), dict) else "copy", "imp")
+    network = "IMP" if copied == "imp" else copied.replace("_", " ") + " of IMP"
+    where = "dense network" if level == 0 else f"{network} level {level} ({100 * d:.3g}% remaining)"
     return f"{where}; k = {', '.join(f'{k:g}' for k in sorted(ks))}"
 
 
