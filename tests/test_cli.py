@@ -196,3 +196,20 @@ def test_verbose_adds_the_debug_lines_a_user_needs_to_see_what_a_job_does(write_
     assert quiet.returncode == loud.returncode == 0
     for line in ("train / 64 validation / 128 test examples", "data-order seed", "checkpoint of step"):
         assert line in loud.stderr and line not in quiet.stderr, line
+
+
+def test_evaluate_reproduces_the_recorded_test_numbers_of_a_job(write_config, tmp_path):
+    """`ticketbench evaluate` prepares a stored network as training did (mask, recorded layout): its test
+    loss and accuracy are the ones summary.json recorded, to the last digit."""
+    import json
+
+    path = write_config(tiny_run(imp={"levels": 1, "rewind": "5it"}))
+    assert ticketbench("imp", path, "--run-dir", tmp_path / "run").returncode == 0
+    job = tmp_path / "run" / "imp" / "level_01"
+    r = ticketbench("evaluate", job)
+    assert r.returncode == 0, r.stderr
+    got, recorded = json.loads(r.stdout.strip().splitlines()[-1]), json.loads((job / "summary.json").read_text())
+    assert (got["test_loss"], got["test_acc"]) == (recorded["final_test_loss"], recorded["final_test_acc"])
+    (job / "summary.json").rename(job / "summary.json.bak")  # as if the job had not finished
+    unfinished = ticketbench("evaluate", job)
+    assert unfinished.returncode == 2 and "has not finished training" in one_line_error(unfinished)

@@ -155,16 +155,19 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    """Each job's stored network on the test set, prepared as it was trained (its mask, the memory layout
+    its summary records), so the numbers are the ones training recorded; --memory-format overrides it."""
     from .imp import Run, run_root_of
-    from .train import evaluate
+    from .report.audit import evaluate_state, recorded_layout
 
     rt = runtime.from_args(args)
     for job in args.jobs:
         root = run_root_of(job)
         run = Run.open(root / "config.yaml", root, rt)
-        net = run.network(job)
-        loss, acc = evaluate(net, run.data.test)
-        print(json.dumps({"job": str(job), "test_loss": loss, "test_acc": acc}))
+        state = run.final_state(job)  # refuses an unfinished job
+        layout = rt.memory_format if rt.memory_format != "auto" else recorded_layout(json.loads((job / "summary.json").read_text()))
+        loss, acc = evaluate_state(run, state, run.load_mask(job), layout)
+        print(json.dumps({"job": str(job), "test_loss": loss, "test_acc": acc, "memory_format": layout}))
 
 
 def cmd_table(args: argparse.Namespace) -> None:

@@ -150,7 +150,7 @@ def evaluate_state(run: Any, state: dict, mask: dict, layout: str) -> tuple[floa
     return evaluate(net, run.data.test, channels_last=fmt == torch.channels_last)
 
 
-def _layout(summary: dict) -> str:
+def recorded_layout(summary: dict) -> str:
     """The layout a job ran in; summaries written before it was recorded ran in today's ``auto`` choice."""
     return summary.get("memory_format", "auto")
 
@@ -160,7 +160,7 @@ def _close(a: float, b: float, atol: float) -> bool:
 
 
 def _accuracy(run, name, job, s, final, mask, atol) -> Finding:
-    loss, acc = evaluate_state(run, final, mask, _layout(s))
+    loss, acc = evaluate_state(run, final, mask, recorded_layout(s))
     bad = []
     if not _close(acc, s["final_test_acc"], atol):
         bad.append(f"test accuracy {acc!r} re-evaluated vs {s['final_test_acc']!r} recorded")
@@ -225,7 +225,7 @@ def _start(run, name, job, s, folder, mask, rewind, atol) -> Finding:
     if first.empty:
         return Finding(name, job, "start", FAIL, f"metrics.csv has no row for the start step {s['start_step']}")
     try:
-        loss, acc = evaluate_state(run, state_of(), mask, _layout(s))
+        loss, acc = evaluate_state(run, state_of(), mask, recorded_layout(s))
     except CheckpointError as e:
         return Finding(name, job, "start", FAIL, str(e))
     rec_loss, rec_acc = float(first["test_loss"].iloc[0]), float(first["test_acc"].iloc[0])
