@@ -27,7 +27,7 @@ LOCAL_CLUSTER = ["--slurm-no-account", "--slurm-status-command", "squeue",
                  "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "2",
                  "--default-resources", "slurm_partition=debug"]
 TRAINING_RULES = {"dense", "imp_level", "branch", "finetune"}
-ANALYSIS_RULES = {"hessian", "instability", "successive"}
+ANALYSIS_RULES = {"hessian", "instability", "baseline_instability", "successive"}
 
 
 @pytest.fixture(scope="module")
