@@ -63,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(p)
     p.add_argument("--level", type=int, required=True, help="fine-tuning level L >= 1 (level L-1 must be done)")
 
+    p = sub.add_parser("pack", help="train several jobs of one experiment in one process (a pack of the workflow)")
+    p.add_argument("config", type=Path, help="workflow config (config/*.yaml)")
+    p.add_argument("--experiment", required=True, help="experiment id in the workflow config")
+    p.add_argument("jobs", nargs="+", help="jobs as seed<S>/<branch>/level_<LL>[/rep_<R>], e.g. seed0/imp/level_03")
+    p.add_argument("--runs-dir", required=True,
+                   help="the experiment's folder of run directories seed<S> (the workflow's results/<config>/runs/<experiment>)")
+    runtime.add_arguments(p, training=True, pack=True)
+
     p = sub.add_parser("evaluate", help="evaluate stored networks (job directories with final.pt) on the test set")
     p.add_argument("jobs", type=Path, nargs="+", help="job directories, e.g. RUN/imp/level_03")
     runtime.add_arguments(p)
@@ -154,6 +162,19 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     _report(run.finetune(args.level), run.level_dir(args.level, "finetune"))
 
 
+def cmd_pack(args: argparse.Namespace) -> None:
+    """Every job of the pack; its dependencies (the previous level, the level a branch ablates) must be done."""
+    from . import pack
+
+    names = [pack.JobName.parse(j) for j in args.jobs]
+    runs = pack.open_runs(args.config, args.experiment, sorted({n.seed for n in names}),
+                          str(args.runs_dir / "seed{seed}"), runtime.from_args(args))
+    pendings = [n.pending(runs[n.seed]) for n in names]
+    mode = runtime.from_args(args).pack_mode_on(next(iter(runs.values())).data.test.x.device)
+    for name, summary in zip(args.jobs, pack.train(pendings, mode)):
+        _report(summary, args.runs_dir / name)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """Each job's stored network on the test set, prepared as it was trained (its mask, the memory layout
     its summary records), so the numbers are the ones training recorded; --memory-format overrides it."""
@@ -195,7 +216,7 @@ def cmd_hash(args: argparse.Namespace) -> None:
     print(cfg.run_name())
 
 
-COMMANDS = {"train": cmd_train, "imp": cmd_imp, "branch": cmd_branch, "finetune": cmd_finetune,
+COMMANDS = {"train": cmd_train, "imp": cmd_imp, "branch": cmd_branch, "finetune": cmd_finetune, "pack": cmd_pack,
             "evaluate": cmd_evaluate, "table": cmd_table, "lth-figure": cmd_lth_figure, "hash": cmd_hash}
 
 if __name__ == "__main__":

@@ -59,12 +59,17 @@ class Run:
 
     @classmethod
     def open(cls, config_path: Path, run_dir: Path | None, runtime: Runtime, experiment: str | None = None,
-             seed: int = 0) -> Run:
-        """Load the config, the data (on the run's device) and bind them to a run directory."""
+             seed: int = 0, datasets: dict | None = None) -> Run:
+        """Load the config, the data (on the run's device) and bind them to a run directory. Runs opened
+        with the same ``datasets`` dict share each dataset (a pack's runs load it once)."""
         cfg = config.load_experiment(config_path, experiment, seed) if experiment else config.load(config_path)
         device = runtime.apply()
         root = run_dir or Path("results/runs") / cfg.run_name()
-        ds = data.load(cfg.data, device, root=runtime.data_root, verify=runtime.verify, download=runtime.download)
+        datasets = {} if datasets is None else datasets
+        if (cfg.data, device) not in datasets:
+            datasets[cfg.data, device] = data.load(cfg.data, device, root=runtime.data_root, verify=runtime.verify,
+                                                   download=runtime.download)
+        ds = datasets[cfg.data, device]
         try:  # step strings resolve only against the data's size: name the file and key like any config error
             cfg.schedule(len(ds.train))
         except ConfigError as e:
@@ -114,19 +119,23 @@ class Run:
             raise CheckpointError(f"{path}: missing; the dense run (level 0) captures it, run level 0 first")
         return checkpoints.load(path, kind="rewind", config_hash=self.hash)
 
-    def _train(self, folder: Path, label: str, state: dict, mask: Mask, start: int, end: int, *,
-               lr: Callable[[int], float] | None = None, optimizer_state: dict | None = None,
-               seeds: tuple[int, int] | None = None, snapshot: Callable | None = None, **extra: Any) -> dict[str, Any]:
-        with JobLock(folder):
-            if not (folder / "mask.pt").is_file():
-                self.save_mask(folder, mask)
-            order, aug = seeds or (self.cfg.seeds.data_order, self.cfg.seeds.augmentation)
-            log.debug("%s: steps %d-%d, data-order seed %d, augmentation seed %d, density %.4f, into %s", label,
-                      start, end, order, aug, density(mask), folder)
-            job = Job(out=folder, state=state, mask=mask, start=start, end=end, lr=lr or self.lr(),
-                      data_order_seed=order, augmentation_seed=aug, label=label, optimizer_state=optimizer_state,
-                      snapshots=(self.schedule.rewind,) if snapshot else (), on_snapshot=snapshot,
-                      extra={"run": self.cfg.run_name(), **extra})
+    def _job(self, folder: Path, label: str, state: dict, mask: Mask, start: int, end: int, *,
+             lr: Callable[[int], float] | None = None, optimizer_state: dict | None = None,
+             seeds: tuple[int, int] | None = None, snapshot: Callable | None = None, **extra: Any) -> Pending:
+        order, aug = seeds or (self.cfg.seeds.data_order, self.cfg.seeds.augmentation)
+        job = Job(out=folder, state=state, mask=mask, start=start, end=end, lr=lr or self.lr(),
+                  data_order_seed=order, augmentation_seed=aug, label=label, optimizer_state=optimizer_state,
+                  snapshots=(self.schedule.rewind,) if snapshot else (), on_snapshot=snapshot,
+                  extra={"run": self.cfg.run_name(), **extra})
+        return Pending(self, job)
+
+    def train(self, pending: Pending | dict[str, Any]) -> dict[str, Any]:
+        """Train a pending job of this run alone (a finished one's summary is returned as it is)."""
+        if isinstance(pending, dict):
+            return pending
+        job = pending.job
+        with JobLock(job.out):
+            pending.claim()
             return fit(self.model(), self.data, self.cfg, job, self.runtime, self.schedule.eval_every)
 
     def _start_state(self, mask: Mask) -> tuple[dict, dict | None]:
@@ -138,6 +147,9 @@ class Run:
     # -- the IMP chain -----------------------------------------------------------------------------
     def dense(self) -> dict[str, Any]:
         """Level 0: train the dense network from initialization, capturing the state at step k."""
+        return self.train(self.dense_job())
+
+    def dense_job(self) -> Pending | dict[str, Any]:
         model = self.model()
         mask = dense_mask(model, self.kinds, self.cfg.prune)
         names = [n for n, _ in model.named_parameters()]
@@ -148,20 +160,23 @@ class Run:
                                                        "optimizer": opt.state_dict(), "param_names": names},
                              kind="rewind", config_hash=self.hash)
 
-        return self._train(self.level_dir(0), "level 0 (dense)", model.state_dict(), mask, 0, self.schedule.total,
+        return self._job(self.level_dir(0), "level 0 (dense)", model.state_dict(), mask, 0, self.schedule.total,
                            snapshot=snapshot, branch="imp", level=0, replicate=None)
 
     def level(self, level: int) -> dict[str, Any]:
         """IMP level L: prune level L-1's trained weights, rewind the survivors to step k, train k..T."""
+        return self.train(self.level_job(level))
+
+    def level_job(self, level: int) -> Pending | dict[str, Any]:
         if level == 0:
-            return self.dense()
+            return self.dense_job()
         folder = self.level_dir(level)
         if (folder / "summary.json").is_file():
             return _read_summary(folder)
         prev = self.level_dir(level - 1)
         mask = self._existing_mask(folder) or magnitude_prune(self.final_state(prev), self.load_mask(prev), self.kinds, self.cfg.prune)
         state, opt = self._start_state(mask)
-        return self._train(folder, f"level {level}", state, mask, self.schedule.rewind, self.schedule.total,
+        return self._job(folder, f"level {level}", state, mask, self.schedule.rewind, self.schedule.total,
                            optimizer_state=opt, branch="imp", level=level, replicate=None)
 
     def all_levels(self) -> list[dict[str, Any]]:
@@ -169,6 +184,9 @@ class Run:
 
     # -- branches off level L ----------------------------------------------------------------------
     def branch(self, kind: str, level: int, replicate: int = 0) -> dict[str, Any]:
+        return self.train(self.branch_job(kind, level, replicate))
+
+    def branch_job(self, kind: str, level: int, replicate: int = 0) -> Pending | dict[str, Any]:
         """A baseline at IMP level L, trained over the same steps (k..T) as the level it ablates (fresh
         weights: see ``imp.reinit_start``), or an SGD-noise copy of one:
 
@@ -215,10 +233,13 @@ class Run:
         if kind in COPIES:
             base = self.cfg.seeds
             seeds = (stream_seed(_COPY, base.data_order, level, replicate), stream_seed(_COPY, base.augmentation, level, replicate))
-        return self._train(folder, f"{kind} level {level} rep {replicate}", state, mask, start, self.schedule.total,
+        return self._job(folder, f"{kind} level {level} rep {replicate}", state, mask, start, self.schedule.total,
                            optimizer_state=opt, seeds=seeds, branch=kind, level=level, replicate=replicate, **extra)
 
     def finetune(self, level: int) -> dict[str, Any]:
+        return self.train(self.finetune_job(level))
+
+    def finetune_job(self, level: int) -> Pending | dict[str, Any]:
         """Fine-tuning chain (Renda et al. 2020; Saleem et al.'s baseline): prune the previous
         fine-tuned network (level 0 = the dense one) and keep training its surviving weights for
         ``imp.finetune_steps`` at the end-of-schedule learning rate, instead of rewinding."""
@@ -234,7 +255,7 @@ class Run:
         final_lr = s.lr_at(s.total, t.lr, t.gamma)
         # Steps are numbered on from T so the fine-tuning batches continue the data order.
         start = s.total + (level - 1) * s.finetune
-        return self._train(folder, f"finetune level {level}", state, mask, start, start + s.finetune,
+        return self._job(folder, f"finetune level {level}", state, mask, start, start + s.finetune,
                            lr=lambda step: final_lr, branch="finetune", level=level, replicate=None)
 
     def network(self, folder: Path) -> torch.nn.Module:
@@ -246,6 +267,23 @@ class Run:
     def _existing_mask(self, folder: Path) -> Mask | None:
         """A mask already chosen for this job (a resumed job must not re-derive it)."""
         return self.load_mask(folder) if (folder / "mask.pt").is_file() else None
+
+
+@dataclass
+class Pending:
+    """A job of a run that is ready to train: the ``train.Job`` and the run it belongs to. ``Run.train``
+    trains it alone; ``pack.train`` trains several side by side in one process."""
+
+    run: Run
+    job: Job
+
+    def claim(self) -> None:
+        """Store the job's mask before training (under the job's lock): a resumed job must not re-derive it."""
+        if not (self.job.out / "mask.pt").is_file():
+            self.run.save_mask(self.job.out, self.job.mask)
+        log.debug("%s: steps %d-%d, data-order seed %d, augmentation seed %d, density %.4f, into %s", self.job.label,
+                  self.job.start, self.job.end, self.job.data_order_seed, self.job.augmentation_seed,
+                  density(self.job.mask), self.job.out)
 
 
 def run_root_of(job: Path) -> Path:

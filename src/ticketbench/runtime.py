@@ -37,6 +37,17 @@ class Runtime:
     memory_format: str = "auto"
     """Tensor layout of conv nets (``config.MEMORY_FORMATS``): auto = channels_last where ``models.memory_format``
     allows it. It changes rounding, not the math; every summary records the layout it ran in."""
+    pack_mode: str = "auto"
+    """How ``ticketbench pack`` trains its jobs (``PACK_MODES``): batched = one vmapped computation (pays on
+    a GPU, where a lone small network is launch-bound; rounds differently from a lone job), sequential =
+    one lone job after another in the same process (bit-identical to lone jobs; saves only the per-job
+    start-up), auto = batched on CUDA, sequential on the CPU, where a batched step measured slower than P
+    lone ones (bench/README.md). Every packed job's summary records the mode it ran in."""
+
+    def pack_mode_on(self, device: torch.device) -> str:
+        if self.pack_mode != "auto":
+            return self.pack_mode
+        return "batched" if device.type == "cuda" else "sequential"
 
     def torch_device(self) -> torch.device:
         import torch
@@ -60,7 +71,10 @@ class Runtime:
         return self.torch_device()
 
 
-def add_arguments(p: argparse.ArgumentParser, training: bool = False) -> None:
+PACK_MODES = ("auto", "batched", "sequential")
+
+
+def add_arguments(p: argparse.ArgumentParser, training: bool = False, pack: bool = False) -> None:
     """The runtime flags of a subcommand that opens a run; ``from_args`` reads them back. Only training
     subcommands offer ``--download`` and ``--checkpoint-seconds``: evaluating, auditing and analysing read
     networks that were trained, so their data is there and they write no training checkpoint."""
@@ -79,6 +93,10 @@ def add_arguments(p: argparse.ArgumentParser, training: bool = False) -> None:
 
     g.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
                    help="tensor layout of conv nets (default auto: channels_last except where oneDNN crashes on it)")
+    if pack:
+        g.add_argument("--pack-mode", choices=PACK_MODES, default="auto",
+                       help="batched: one vmapped computation (rounds differently from lone jobs); sequential: "
+                            "lone jobs one after another (default auto: batched on CUDA, sequential on CPU)")
 
 
 def from_args(args: argparse.Namespace) -> Runtime:
@@ -87,4 +105,4 @@ def from_args(args: argparse.Namespace) -> Runtime:
                    download=getattr(args, "download", Runtime.download),
                    checkpoint_seconds=getattr(args, "checkpoint_seconds", Runtime.checkpoint_seconds),
                    deterministic=args.deterministic, progress=not args.no_progress,
-                   memory_format=args.memory_format)
+                   memory_format=args.memory_format, pack_mode=getattr(args, "pack_mode", Runtime.pack_mode))

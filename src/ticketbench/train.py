@@ -1,4 +1,5 @@
-"""One training job: a (masked) network trained from step ``start`` to step ``end`` of a schedule.
+"""Training jobs: a (masked) network trained from step ``start`` to step ``end`` of a schedule, alone
+(``fit``) or packed with other jobs of the same shape into one batched computation (``fit_packed``).
 
 The loop is deliberately small. What it guarantees:
 - pruned weights are exactly zero after every optimizer step (gradients and weights are masked);
@@ -8,6 +9,16 @@ The loop is deliberately small. What it guarantees:
   from the checkpoint with bitwise-identical results on CPU: batches are addressed by step (see
   ``data.Batches``), so the checkpoint only needs the model, the optimizer and the metrics so far;
 - a non-finite loss stops the job at once, naming the step; the last good checkpoint is kept.
+
+A pack trains P jobs as one network whose parameters carry a leading member dimension (torch.func
+``functional_call`` under ``vmap``): one kernel launch per layer for all members instead of P, which is what
+pays on a GPU where a lone LeNet or ResNet-20 step is launch-bound. Each member keeps everything a lone job
+has: its mask, start state, data order and augmentation stream, optimizer state (the optimizers are
+elementwise, so one optimizer over stacked tensors is P independent ones), BatchNorm running statistics
+(buffers are stacked too and updated in place per member), evaluations, early-stop point, final files and
+summary, written exactly as ``fit`` writes them. Batched kernels round differently from lone ones, so a
+packed member equals its lone job within noise, not bit for bit; for a given pack it is bit-for-bit
+deterministic and resumable (one checkpoint holds the whole pack, written atomically).
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
 from tqdm import tqdm
 
 from . import checkpoints
@@ -330,3 +342,257 @@ class _SigtermFlag:
     def __exit__(self, *exc: object) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+
+
+# --------------------------------------------------------------------------------------------------
+# Packed training: P jobs of one shape as one batched computation
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Member:
+    """One job of a pack: what ``fit`` takes. ``build`` makes a fresh network of the member's architecture
+    (the pack needs several: the stacked one's template and the lone one each evaluation runs on)."""
+
+    build: Callable[[], nn.Module]
+    data: Data
+    cfg: RunConfig
+    job: Job
+
+
+def pack_key(m: Member, eval_every: int) -> tuple:
+    """What members of one pack must share: the architecture, the optimizer and its hyperparameters, the
+    batch size, the steps and the learning rate at every step, the evaluation interval, whether an
+    optimizer state is restored and the snapshot steps. Members with equal keys train in lockstep."""
+    t, j = m.cfg.train, m.job
+    return (m.cfg.model, m.data.shape, m.data.classes, t.optimizer, t.lr, t.momentum, t.weight_decay, t.batch_size,
+            j.start, j.end, tuple(j.lr(s) for s in range(j.start, j.end + 1)), eval_every,
+            j.optimizer_state is None, j.snapshots)
+
+
+class _Stack:
+    """The members' networks as one: parameters and buffers stacked along a leading member dimension and
+    run through a shape-only copy of the architecture (``functional_call`` on the meta device) under
+    ``vmap``. BatchNorm updates its running statistics in place, on each member's slice of the stacked
+    buffers, so they stay per member and exact. The stacked parameters are the optimizer's leaves."""
+
+    def __init__(self, members: list[Member], device: torch.device) -> None:
+        nets = []
+        for m in members:
+            net = m.build().to(device)
+            net.load_state_dict(m.job.state)
+            nets.append(net)
+        self.keys = list(nets[0].state_dict())
+        self.params, self.buffers = stack_module_state(nets)
+        self.base = members[0].build().to("meta")
+        self.masks = {n: torch.stack([m.job.mask[n] for m in members]).to(device, self.params[n].dtype)
+                      for n in sorted(members[0].job.mask)}
+        self.apply_to_weights()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        def one(p: dict, b: dict, xi: torch.Tensor) -> torch.Tensor:
+            return functional_call(self.base, (p, b), (xi,))
+
+        return vmap(one)(self.params, self.buffers, x)
+
+    @torch.no_grad()
+    def apply_to_weights(self) -> None:
+        torch._foreach_mul_([self.params[n] for n in self.masks], list(self.masks.values()))
+
+    @torch.no_grad()
+    def apply_to_gradients(self) -> None:
+        names = [n for n in self.masks if self.params[n].grad is not None]
+        if names:
+            torch._foreach_mul_([self.params[n].grad for n in names], [self.masks[n] for n in names])
+
+    def member_state(self, i: int) -> dict[str, torch.Tensor]:
+        both = {**self.params, **self.buffers}
+        return {k: both[k][i].detach().clone() for k in self.keys}
+
+    @torch.no_grad()
+    def load_member_state(self, i: int, state: dict[str, torch.Tensor]) -> None:
+        for k, v in state.items():
+            (self.params if k in self.params else self.buffers)[k][i].copy_(v)
+
+
+def _member_optimizer(opt_state: dict, i: int, size: int) -> dict:
+    """Member i's optimizer state in a lone optimizer's format: its slice of the stacked moments;
+    scalars (Adam's step count, the same for every member by construction) as they are."""
+    def part(v: Any) -> Any:
+        return v[i].clone() if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == size else v
+
+    return {"state": {idx: {k: part(v) for k, v in st.items()} for idx, st in opt_state["state"].items()},
+            "param_groups": opt_state["param_groups"]}
+
+
+def _stacked_optimizer(states: list[dict]) -> dict:
+    """The inverse of ``_member_optimizer``: the members' lone optimizer states as the pack's."""
+    def stack(idx: Any, k: str) -> Any:
+        vs = [s["state"][idx][k] for s in states]
+        return torch.stack(vs) if torch.is_tensor(vs[0]) and vs[0].dim() > 0 else vs[0]
+
+    first = states[0]
+    return {"state": {idx: {k: stack(idx, k) for k in st} for idx, st in first["state"].items()},
+            "param_groups": first["param_groups"]}
+
+
+def pack_identity(members: list[Member]) -> str:
+    """The pack's name: a digest of its members in order (config hash, branch, level, replicate, steps),
+    so that a pack checkpoint is only ever resumed by the same pack."""
+    import hashlib
+
+    ident = [[m.cfg.hash(), m.job.extra.get("branch"), m.job.extra.get("level"), m.job.extra.get("replicate"),
+              m.job.start, m.job.end] for m in members]
+    return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:12]
+
+
+class _Lone:
+    """A member's network as a lone job holds it (prepared in the runtime's layout, with its mask): what
+    every evaluation, snapshot and the final files of a packed member are computed from, so that a packed
+    member's recorded numbers are exactly those of its weights evaluated alone (the audit re-checks them)."""
+
+    def __init__(self, m: Member, device: torch.device, layout: str) -> None:
+        self.net = m.build()
+        self.masked, self.fmt = prepare(self.net, m.job.state, m.job.mask, device, layout)
+        self.cfg = m.cfg
+
+    def load(self, state: dict[str, torch.Tensor]) -> nn.Module:
+        self.net.load_state_dict(state)
+        return self.net
+
+    def optimizer(self, opt_state: dict) -> torch.optim.Optimizer:
+        opt = make_optimizer(self.cfg.train, self.net.parameters())
+        opt.load_state_dict(opt_state)
+        return opt
+
+
+def fit_packed(members: list[Member], runtime: Runtime, eval_every: int) -> list[dict[str, Any]]:
+    """Train the members (all of one ``pack_key``, none finished) side by side and return their summaries
+    in order. The pack checkpoints into ``<first member's folder>/pack-<identity>.pt`` (one atomic file
+    for all members, so a kill can never leave them at different steps); each member's final files are a
+    lone job's, and its summary records the pack it ran in."""
+    if len({pack_key(m, eval_every) for m in members}) != 1:
+        raise ValueError("fit_packed: the members differ in architecture, optimizer, steps or learning rate")
+    device = members[0].data.test.x.device
+    size, ident = len(members), pack_identity(members)
+    stack = _Stack(members, device)
+    lone = [_Lone(m, device, runtime.memory_format) for m in members]
+    opt = make_optimizer(members[0].cfg.train, list(stack.params.values()))
+    if members[0].job.optimizer_state is not None:
+        opt.load_state_dict(_stacked_optimizer([m.job.optimizer_state for m in members]))
+    ckpt_path = members[0].job.out / f"pack-{ident}.pt"
+    pos = _resume_packed(stack, opt, members, ckpt_path, ident, device)
+    first, t0 = pos[0].step, time.monotonic()
+    _loop_packed(stack, opt, members, lone, runtime, eval_every, pos, ckpt_path, ident)
+    elapsed = time.monotonic() - t0
+    steps = pos[0].step - first
+    speed = steps * members[0].cfg.train.batch_size * size / elapsed if steps > 0 and elapsed > 0 else None
+    weight_shapes = {n: tuple(p.shape) for n, p in lone[0].net.named_parameters() if n in layer_kinds(lone[0].net)}
+    summaries = [_finish(lone[i].load(stack.member_state(i)), m.data, m.cfg, m.job, pos[i], lone[i].fmt, weight_shapes,
+                         speed) for i, m in enumerate(members)]
+    ckpt_path.unlink(missing_ok=True)
+    return summaries
+
+
+def _resume_packed(stack: _Stack, opt: torch.optim.Optimizer, members: list[Member], ckpt_path: Path, ident: str,
+                   device: torch.device) -> list[_Position]:
+    """Every member's position: from the pack's checkpoint if one exists, else its start."""
+    if not ckpt_path.is_file():
+        return [_Position(m.job.start, [], torch.zeros((), dtype=torch.float64, device=device), 0, False)
+                for m in members]
+    ck = checkpoints.load(ckpt_path, kind="checkpoint", config_hash=ident, map_location=device)
+    for i, one in enumerate(ck["members"]):
+        stack.load_member_state(i, one["model"])
+    opt.load_state_dict(_stacked_optimizer([one["optimizer"] for one in ck["members"]]))
+    log.info("pack %s: resuming %d jobs from %s at step %d", ident, len(members), ckpt_path, ck["step"])
+    return [_Position(ck["step"], one["rows"], torch.tensor(one["train_loss"][0], dtype=torch.float64, device=device),
+                      one["train_loss"][1], True) for one in ck["members"]]
+
+
+def _loop_packed(stack: _Stack, opt: torch.optim.Optimizer, members: list[Member], lone: list[_Lone], runtime: Runtime,
+                 eval_every: int, pos: list[_Position], ckpt_path: Path, ident: str) -> None:
+    """``_loop`` for a pack: the same snapshots, evaluations, checkpoints and SIGTERM handling, for every
+    member at once; one batched step per iteration."""
+    job0, size = members[0].job, len(members)
+    batches = [Batches(m.data, m.cfg.train.batch_size, m.job.data_order_seed, m.job.augmentation_seed) for m in members]
+    watches = [_Watch(m.job, pos[i].step, m.cfg.train.batch_size) for i, m in enumerate(members)]
+    term, last_ckpt = _SigtermFlag(), time.monotonic()
+    losses = torch.zeros(size, dtype=torch.float64, device=stack.masks[next(iter(stack.masks))].device)
+    stack.base.train()
+    bar = tqdm(total=job0.end - job0.start, initial=pos[0].step - job0.start, desc=f"pack of {size}", unit="it",
+               disable=not runtime.progress, mininterval=1.0, dynamic_ncols=True)
+    with term:
+        while True:
+            step = pos[0].step
+            if not pos[0].evaluated:
+                snap = step in job0.snapshots and job0.on_snapshot is not None
+                due = step % eval_every == 0 or step in (job0.start, job0.end)
+                if snap or due:
+                    opt_state = opt.state_dict() if snap else None
+                    for i, m in enumerate(members):
+                        net = lone[i].load(stack.member_state(i))
+                        if snap:
+                            m.job.on_snapshot(step, net, lone[i].optimizer(_member_optimizer(opt_state, i, size)))
+                        if due:
+                            _evaluated(net, m, pos[i], batches[i].per_epoch, step, lone[i].fmt, watches[i])
+            if step == job0.end:
+                break
+            if term.raised or time.monotonic() - last_ckpt > runtime.checkpoint_seconds:
+                _save_pack(stack, opt, members, pos, ckpt_path, ident, step)
+                last_ckpt = time.monotonic()
+                if term.raised:
+                    bar.close()
+                    raise Preempted(f"pack {ident}: SIGTERM at step {step}; checkpoint written to {ckpt_path}, rerun "
+                                    f"the same pack to resume")
+            xs, ys = zip(*(b[step] for b in batches))
+            lr = job0.lr(step)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            out = stack.forward(torch.stack(xs))
+            y = torch.stack(ys)
+            # Each member's loss is the mean over its own batch; their sum has each member's gradient.
+            per_member = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(size, -1).mean(1)
+            opt.zero_grad(set_to_none=True)
+            per_member.sum().backward()
+            stack.apply_to_gradients()
+            opt.step()
+            stack.apply_to_weights()
+            losses = per_member.detach().double()
+            for i, p in enumerate(pos):
+                p.loss_sum += losses[i]
+                p.loss_n += 1
+                p.step += 1
+                p.evaluated = False
+            bar.update(1)
+    bar.close()
+
+
+def _evaluated(net: nn.Module, m: Member, pos: _Position, per_epoch: int, step: int, fmt: torch.memory_format,
+               watch: _Watch) -> None:
+    """A member's evaluation row at ``step``, exactly as ``_loop`` records a lone job's."""
+    job = m.job
+    if pos.loss_n:
+        _check_finite(float(pos.loss_sum), job.label, step, job.out)
+    pos.rows.append(_metrics_row(net, m.data, step, per_epoch, job.lr(step),
+                                 float(pos.loss_sum / pos.loss_n) if pos.loss_n else math.nan,
+                                 fmt == torch.channels_last))
+    pos.loss_sum.zero_()
+    pos.loss_n = 0
+    if not math.isfinite(pos.rows[-1]["test_loss"]):
+        raise TrainingDiverged(f"{job.label}: test loss is not finite at step {step}; the weights diverged "
+                               f"(last good checkpoint of its pack kept in {job.out})")
+    watch.evaluated(pos.rows)
+    pos.evaluated = True
+
+
+def _save_pack(stack: _Stack, opt: torch.optim.Optimizer, members: list[Member], pos: list[_Position], path: Path,
+               ident: str, step: int) -> None:
+    """One checkpoint for the whole pack, each member's part in a lone checkpoint's format."""
+    for m, p in zip(members, pos):
+        if p.loss_n:  # never checkpoint a diverged state
+            _check_finite(float(p.loss_sum), m.job.label, step, m.job.out)
+    opt_state, size = opt.state_dict(), len(members)
+    parts = [{"model": stack.member_state(i), "optimizer": _member_optimizer(opt_state, i, size), "rows": p.rows,
+              "train_loss": (float(p.loss_sum), p.loss_n)} for i, p in enumerate(pos)]
+    checkpoints.save(path, {"step": step, "members": parts}, kind="checkpoint", config_hash=ident)
+    log.debug("pack %s: checkpoint of step %d written to %s", ident, step, path)
