@@ -29,6 +29,13 @@ of dense kernels).
 
 Run: ``.venv/bin/python bench/throughput.py [--threads 1 2] [--repeats R] [--quick]``. Writes
 ``bench/out/throughput.json``. Other agents share the cores: the load average is recorded per model.
+
+Packed training (issue "Fewer, fuller jobs"): ``--packs 1 8 32`` measures instead, per model, the lone
+``train.fit`` beside ``train.fit_packed`` with P members (each its own data order; evaluation stubbed in
+both), as aggregate images/s of the pack and its ratio to the lone job, taking turns run by run like the
+loops above. ``--device cuda`` and ``--precision fp32 tf32`` are for the device check
+(bench/device_check.sh); TF32 only exists on CUDA, so on the CPU it is reported as not applicable. Writes
+``bench/out/packing.json`` (or ``--out``).
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ from ticketbench import config, data, masks, models, train
 from ticketbench.runtime import Runtime
 
 OUT = Path(__file__).parent / "out" / "throughput.json"
+PACKING_OUT = Path(__file__).parent / "out" / "packing.json"
 
 # Protocols. LeNet: Frankle & Carbin 2019, Fig. 2 (Adam, lr 1.2e-3, batch 60; layer-wise pruning fc 20 %,
 # output 10 %). ResNet-20: Frankle et al. 2020 / open_lth cifar_resnet_20 (SGD lr 0.1, momentum 0.9,
@@ -141,10 +149,11 @@ def reference_transform(cfg: config.DataConfig) -> T.Compose:
 class Setup:
     """One model's config, data, initial state and mask, shared by all of its loops."""
 
-    def __init__(self, raw: dict, root: Path | None, verify: bool):
+    def __init__(self, raw: dict, root: Path | None, verify: bool, device: str = "cpu"):
         self.cfg = config.from_dict(raw)
         self.batch = self.cfg.train.batch_size
-        self.data = data.load(self.cfg.data, "cpu", root=root, verify=verify)
+        self.device = torch.device(device)
+        self.data = data.load(self.cfg.data, self.device, root=root, verify=verify)
         (self.images, self.labels), _ = data.read_official(self.cfg.data.name, root, verify=verify)
         model = self.model()
         kinds = models.layer_kinds(model)
@@ -177,7 +186,7 @@ threads, adds up their (spinning) time, so it is only comparable at 1 thread and
 
 
 def _fit(s: Setup, steps: int) -> tuple[dict, Seconds]:
-    runtime = Runtime(device="cpu", progress=False, checkpoint_seconds=math.inf)
+    runtime = Runtime(device=str(s.device), progress=False, checkpoint_seconds=math.inf)
     with tempfile.TemporaryDirectory() as tmp, mock.patch.object(train, "evaluate", _no_evaluation):
         job = train.Job(out=Path(tmp), state=s.state, mask=s.mask, start=0, end=steps, lr=lambda step: s.cfg.train.lr,
                         data_order_seed=0, augmentation_seed=0, label="bench")
@@ -262,6 +271,87 @@ def _timed(step: Callable, batches: Iterator) -> Callable[[int], Seconds]:
 
 
 # --------------------------------------------------------------------------------------------------
+# Packed training: P jobs in one batched computation against the lone job
+# --------------------------------------------------------------------------------------------------
+
+
+def pack_timer(s: Setup, size: int) -> Callable[[int], Seconds]:
+    """Time ``train.fit_packed`` on P members of n steps (members differ in data order and augmentation
+    seeds, as the seeds or replicates of a level do), evaluation stubbed. Wall clock: fit_packed's own
+    aggregate images/s (its loop only), returned as seconds per P x n batches."""
+    runtime = Runtime(device=str(s.device), progress=False, checkpoint_seconds=math.inf)
+
+    def run(n: int) -> Seconds:
+        with tempfile.TemporaryDirectory() as tmp, mock.patch.object(train, "evaluate", _no_evaluation):
+            members = [train.Member(build=s.model, data=s.data, cfg=s.cfg, job=train.Job(
+                out=Path(tmp) / str(i), state=s.state, mask=s.mask, start=0, end=n, lr=lambda step: s.cfg.train.lr,
+                data_order_seed=i, augmentation_seed=i, label=f"bench {i}")) for i in range(size)]
+            for m in members:
+                m.job.out.mkdir()
+            c0 = time.process_time()
+            summary = train.fit_packed(members, runtime, eval_every=max(n, 1))[0]
+            return n * s.batch * size / summary["images_per_second"], time.process_time() - c0
+    return run
+
+
+def bench_packs(s: Setup, plan: Plan, sizes: list[int]) -> list[dict]:
+    """Lone ``train.fit`` and packs of each size, taking turns; images/s aggregated over a pack's members."""
+    loops: dict[str, Callable[[int], Seconds]] = {"lone (train.fit)": fit_timer(s)}
+    for p in sizes:
+        loops[f"pack of {p} (train.fit_packed)"] = pack_timer(s, p)
+    for run in loops.values():
+        run(plan.warmup)
+    rows = []
+    times: dict[str, list[float]] = {name: [] for name in loops}
+    for _ in range(plan.repeats):
+        for name, run in loops.items():
+            times[name].append(run(plan.steps)[0])
+    lone = statistics.median(plan.steps * s.batch / t for t in times["lone (train.fit)"])
+    for name, t in times.items():
+        size = int(name.split()[2]) if name.startswith("pack") else 1
+        rate = [plan.steps * s.batch * size / w for w in t]
+        med = statistics.median(rate)
+        print(f"    {name:<36} {med:10.0f} images/s aggregate ({med / lone:.2f}x lone; runs "
+              f"{', '.join(f'{v:.0f}' for v in rate)})", flush=True)
+        rows.append({"loop": name, "pack": size if name.startswith("pack") else None, "images_per_second": med,
+                     "runs": rate, "ratio_vs_lone": med / lone})
+    return rows
+
+
+def set_precision(precision: str, device: torch.device) -> str:
+    """fp32, or TF32 matmuls and convolutions (CUDA Ampere and later; changes rounding). Returns what
+    was applied: on the CPU, TF32 does not exist."""
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    return precision if device.type == "cuda" or not tf32 else "tf32 not applicable on cpu (ran fp32)"
+
+
+def packing_main(args: argparse.Namespace, plans: dict[str, Plan], meta: dict, root: Path) -> None:
+    sizes = {"lenet": [p for p in args.packs if p != 0], "resnet20": [p for p in args.resnet_packs or args.packs if p != 0]}
+    results = []
+    for key in args.models:
+        if key == "resnet20":
+            write_synthetic_cifar(root / "cifar10")
+        s = (Setup(LENET, args.data_root, verify=True, device=args.device) if key == "lenet"
+             else Setup(RESNET, root, verify=False, device=args.device))
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            for precision in args.precision:
+                applied = set_precision(precision, s.device)
+                load = os.getloadavg()[0]
+                print(f"\n{s.cfg.model.name}, batch {s.batch}, {s.cfg.train.optimizer}, device {s.device}, {applied}, "
+                      f"torch threads {torch.get_num_threads()}, load average {load:.2f}", flush=True)
+                for r in bench_packs(s, plans[key], sizes[key]):
+                    results.append({"model": s.cfg.model.name, "threads": threads, "device": str(s.device),
+                                    "precision": applied, "batch_size": s.batch, "steps_per_run": plans[key].steps,
+                                    "load_average_before": load, **r})
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+# --------------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------------
 
@@ -309,8 +399,16 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["lenet", "resnet20"], choices=["lenet", "resnet20"])
     p.add_argument("--data-root", type=Path, default=None,
                    help="folder with Fashion-MNIST if not installed by Debian's dataset-fashion-mnist")
-    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--out", type=Path, default=None, help=f"JSON to write (default {OUT}, or {PACKING_OUT} with --packs)")
+    p.add_argument("--packs", type=int, nargs="+", default=None,
+                   help="measure lone train.fit against packs of these sizes instead of the reference loops")
+    p.add_argument("--resnet-packs", type=int, nargs="+", default=None, help="pack sizes for ResNet-20 (default: --packs)")
+    p.add_argument("--device", default="cpu", help="device of the packing measurement (cpu, cuda)")
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "tf32"],
+                   help="matmul/conv precision of the packing measurement (TF32: CUDA only)")
+    p.add_argument("--steps", type=int, default=None, help="steps per timed run (overrides the plan; a dry run uses 2)")
     args = p.parse_args()
+    args.out = args.out or (PACKING_OUT if args.packs else OUT)
 
     plans = {"lenet": Plan(steps=200, warmup=50, repeats=5), "resnet20": Plan(steps=8, warmup=2, repeats=3)}
     workers = [0, 1, 2]
@@ -319,16 +417,22 @@ def main() -> None:
         workers = [0, 1]
     if args.repeats:
         plans = {k: Plan(v.steps, v.warmup, args.repeats) for k, v in plans.items()}
+    if args.steps:
+        plans = {k: Plan(args.steps, min(v.warmup, args.steps), v.repeats) for k, v in plans.items()}
 
     meta = {"torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version(),
-            "device": "cpu", "cpu": _cpu_name(), "cores": os.cpu_count(), "mkldnn": torch.backends.mkldnn.is_available(),
+            "device": args.device, "cpu": _cpu_name(), "cores": os.cpu_count(), "mkldnn": torch.backends.mkldnn.is_available(),
             "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "data": {"lenet": "Fashion-MNIST (Debian dataset-fashion-mnist, MD5-verified)",
                      "resnet20": "synthetic uint8 CIFAR-10-shaped images (50,000/10,000) in the official python "
                                  "pickle format, read with data.load(verify=False)"},
             "plans": {k: vars(v) for k, v in plans.items()}, "prune_levels": PRUNE_LEVELS,
             "dataloader_worker_threads": 1}
-    print(f"torch {meta['torch']}, torchvision {meta['torchvision']}, device cpu ({meta['cpu']}, {meta['cores']} cores)")
+    print(f"torch {meta['torch']}, torchvision {meta['torchvision']}, device {args.device} ({meta['cpu']}, {meta['cores']} cores)")
+    if args.packs:
+        with tempfile.TemporaryDirectory(prefix="ticketbench-bench-") as tmp:
+            packing_main(args, plans, meta, Path(tmp))
+        return
 
     results, summaries = [], []
     with tempfile.TemporaryDirectory(prefix="ticketbench-bench-") as tmp:

@@ -374,7 +374,13 @@ class _Stack:
     """The members' networks as one: parameters and buffers stacked along a leading member dimension and
     run through a shape-only copy of the architecture (``functional_call`` on the meta device) under
     ``vmap``. BatchNorm updates its running statistics in place, on each member's slice of the stacked
-    buffers, so they stay per member and exact. The stacked parameters are the optimizer's leaves."""
+    buffers, so they stay per member and exact.
+
+    The optimizer's leaves are the stacked parameters, except that fully connected weights are stored
+    transposed (P, in, out) and handed to the network as a transposed view: the batched matmul's weight
+    gradient then arrives in the leaf's own layout, where the (P, out, in) layout made autograd copy every
+    gradient (a third of a packed LeNet step on the CPU, bench/README.md). Layout only: the values and
+    every member's files are as if stored plainly."""
 
     def __init__(self, members: list[Member], device: torch.device) -> None:
         nets = []
@@ -383,57 +389,82 @@ class _Stack:
             net.load_state_dict(m.job.state)
             nets.append(net)
         self.keys = list(nets[0].state_dict())
-        self.params, self.buffers = stack_module_state(nets)
+        params, self.buffers = stack_module_state(nets)
+        self.transposed = {n for n, p in params.items() if p.dim() == 3}
+        self.leaves = {n: self._to_leaf(n, p.detach()).requires_grad_(True) for n, p in params.items()}
         self.base = members[0].build().to("meta")
-        self.masks = {n: torch.stack([m.job.mask[n] for m in members]).to(device, self.params[n].dtype)
+        self.masks = {n: self._to_leaf(n, torch.stack([m.job.mask[n] for m in members]).to(device, params[n].dtype))
                       for n in sorted(members[0].job.mask)}
+        self.size = len(members)
         self.apply_to_weights()
+
+    def _to_leaf(self, name: str, stacked: torch.Tensor) -> torch.Tensor:
+        return stacked.transpose(1, 2).contiguous() if name in self.transposed else stacked
+
+    def _from_leaf(self, name: str, leaf: torch.Tensor) -> torch.Tensor:
+        """A leaf (or a slice of it along the member dimension) in the parameter's own layout."""
+        return leaf.transpose(-1, -2) if name in self.transposed else leaf
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         def one(p: dict, b: dict, xi: torch.Tensor) -> torch.Tensor:
             return functional_call(self.base, (p, b), (xi,))
 
-        return vmap(one)(self.params, self.buffers, x)
+        params = {n: self._from_leaf(n, t) for n, t in self.leaves.items()}
+        return vmap(one)(params, self.buffers, x)
+
+    def parameters(self) -> list[torch.Tensor]:
+        return list(self.leaves.values())
 
     @torch.no_grad()
     def apply_to_weights(self) -> None:
-        torch._foreach_mul_([self.params[n] for n in self.masks], list(self.masks.values()))
+        torch._foreach_mul_([self.leaves[n] for n in self.masks], list(self.masks.values()))
 
     @torch.no_grad()
     def apply_to_gradients(self) -> None:
-        names = [n for n in self.masks if self.params[n].grad is not None]
+        names = [n for n in self.masks if self.leaves[n].grad is not None]
         if names:
-            torch._foreach_mul_([self.params[n].grad for n in names], [self.masks[n] for n in names])
+            torch._foreach_mul_([self.leaves[n].grad for n in names], [self.masks[n] for n in names])
 
     def member_state(self, i: int) -> dict[str, torch.Tensor]:
-        both = {**self.params, **self.buffers}
-        return {k: both[k][i].detach().clone() for k in self.keys}
+        """Member i's state dict, as its lone network holds it."""
+        return {k: (self._from_leaf(k, self.leaves[k][i]) if k in self.leaves else self.buffers[k][i]).detach().clone(
+                    memory_format=torch.contiguous_format) for k in self.keys}
 
     @torch.no_grad()
     def load_member_state(self, i: int, state: dict[str, torch.Tensor]) -> None:
         for k, v in state.items():
-            (self.params if k in self.params else self.buffers)[k][i].copy_(v)
+            if k in self.leaves:
+                self._from_leaf(k, self.leaves[k][i]).copy_(v)
+            else:
+                self.buffers[k][i].copy_(v)
 
+    def member_optimizer(self, opt_state: dict, i: int) -> dict:
+        """Member i's optimizer state in a lone optimizer's format: its slice of the stacked moments (in
+        the parameter's layout); scalars (Adam's step count, equal for all members by construction) as
+        they are."""
+        names = list(self.leaves)
 
-def _member_optimizer(opt_state: dict, i: int, size: int) -> dict:
-    """Member i's optimizer state in a lone optimizer's format: its slice of the stacked moments;
-    scalars (Adam's step count, the same for every member by construction) as they are."""
-    def part(v: Any) -> Any:
-        return v[i].clone() if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == size else v
+        def part(name: str, v: Any) -> Any:
+            if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == self.size:
+                return self._from_leaf(name, v[i]).clone(memory_format=torch.contiguous_format)
+            return v
 
-    return {"state": {idx: {k: part(v) for k, v in st.items()} for idx, st in opt_state["state"].items()},
-            "param_groups": opt_state["param_groups"]}
+        return {"state": {idx: {k: part(names[int(idx)], v) for k, v in st.items()} for idx, st in opt_state["state"].items()},
+                "param_groups": opt_state["param_groups"]}
 
+    def stacked_optimizer(self, states: list[dict]) -> dict:
+        """The inverse of ``member_optimizer``: the members' lone optimizer states as the pack's."""
+        names = list(self.leaves)
 
-def _stacked_optimizer(states: list[dict]) -> dict:
-    """The inverse of ``_member_optimizer``: the members' lone optimizer states as the pack's."""
-    def stack(idx: Any, k: str) -> Any:
-        vs = [s["state"][idx][k] for s in states]
-        return torch.stack(vs) if torch.is_tensor(vs[0]) and vs[0].dim() > 0 else vs[0]
+        def stack(idx: Any, k: str) -> Any:
+            vs = [s["state"][idx][k] for s in states]
+            if torch.is_tensor(vs[0]) and vs[0].dim() > 0:
+                return self._to_leaf(names[int(idx)], torch.stack(vs))
+            return vs[0]
 
-    first = states[0]
-    return {"state": {idx: {k: stack(idx, k) for k in st} for idx, st in first["state"].items()},
-            "param_groups": first["param_groups"]}
+        first = states[0]
+        return {"state": {idx: {k: stack(idx, k) for k in st} for idx, st in first["state"].items()},
+                "param_groups": first["param_groups"]}
 
 
 def pack_identity(members: list[Member]) -> str:
@@ -477,9 +508,9 @@ def fit_packed(members: list[Member], runtime: Runtime, eval_every: int) -> list
     size, ident = len(members), pack_identity(members)
     stack = _Stack(members, device)
     lone = [_Lone(m, device, runtime.memory_format) for m in members]
-    opt = make_optimizer(members[0].cfg.train, list(stack.params.values()))
+    opt = make_optimizer(members[0].cfg.train, stack.parameters())
     if members[0].job.optimizer_state is not None:
-        opt.load_state_dict(_stacked_optimizer([m.job.optimizer_state for m in members]))
+        opt.load_state_dict(stack.stacked_optimizer([m.job.optimizer_state for m in members]))
     ckpt_path = members[0].job.out / f"pack-{ident}.pt"
     pos = _resume_packed(stack, opt, members, ckpt_path, ident, device)
     first, t0 = pos[0].step, time.monotonic()
@@ -503,7 +534,7 @@ def _resume_packed(stack: _Stack, opt: torch.optim.Optimizer, members: list[Memb
     ck = checkpoints.load(ckpt_path, kind="checkpoint", config_hash=ident, map_location=device)
     for i, one in enumerate(ck["members"]):
         stack.load_member_state(i, one["model"])
-    opt.load_state_dict(_stacked_optimizer([one["optimizer"] for one in ck["members"]]))
+    opt.load_state_dict(stack.stacked_optimizer([one["optimizer"] for one in ck["members"]]))
     log.info("pack %s: resuming %d jobs from %s at step %d", ident, len(members), ckpt_path, ck["step"])
     return [_Position(ck["step"], one["rows"], torch.tensor(one["train_loss"][0], dtype=torch.float64, device=device),
                       one["train_loss"][1], True) for one in ck["members"]]
@@ -517,7 +548,9 @@ def _loop_packed(stack: _Stack, opt: torch.optim.Optimizer, members: list[Member
     batches = [Batches(m.data, m.cfg.train.batch_size, m.job.data_order_seed, m.job.augmentation_seed) for m in members]
     watches = [_Watch(m.job, pos[i].step, m.cfg.train.batch_size) for i, m in enumerate(members)]
     term, last_ckpt = _SigtermFlag(), time.monotonic()
-    losses = torch.zeros(size, dtype=torch.float64, device=stack.masks[next(iter(stack.masks))].device)
+    # The running training losses of all members in one tensor, so a step adds them in one kernel; each
+    # member's _Position gets its value back whenever an evaluation or a checkpoint reads it.
+    loss_sums = torch.stack([p.loss_sum for p in pos])
     stack.base.train()
     bar = tqdm(total=job0.end - job0.start, initial=pos[0].step - job0.start, desc=f"pack of {size}", unit="it",
                disable=not runtime.progress, mininterval=1.0, dynamic_ncols=True)
@@ -529,15 +562,18 @@ def _loop_packed(stack: _Stack, opt: torch.optim.Optimizer, members: list[Member
                 due = step % eval_every == 0 or step in (job0.start, job0.end)
                 if snap or due:
                     opt_state = opt.state_dict() if snap else None
+                    _unstack_losses(loss_sums, pos)
                     for i, m in enumerate(members):
                         net = lone[i].load(stack.member_state(i))
                         if snap:
-                            m.job.on_snapshot(step, net, lone[i].optimizer(_member_optimizer(opt_state, i, size)))
+                            m.job.on_snapshot(step, net, lone[i].optimizer(stack.member_optimizer(opt_state, i)))
                         if due:
                             _evaluated(net, m, pos[i], batches[i].per_epoch, step, lone[i].fmt, watches[i])
+                    loss_sums = torch.stack([p.loss_sum for p in pos])
             if step == job0.end:
                 break
             if term.raised or time.monotonic() - last_ckpt > runtime.checkpoint_seconds:
+                _unstack_losses(loss_sums, pos)
                 _save_pack(stack, opt, members, pos, ckpt_path, ident, step)
                 last_ckpt = time.monotonic()
                 if term.raised:
@@ -557,14 +593,18 @@ def _loop_packed(stack: _Stack, opt: torch.optim.Optimizer, members: list[Member
             stack.apply_to_gradients()
             opt.step()
             stack.apply_to_weights()
-            losses = per_member.detach().double()
-            for i, p in enumerate(pos):
-                p.loss_sum += losses[i]
+            loss_sums += per_member.detach().double()
+            for p in pos:
                 p.loss_n += 1
                 p.step += 1
                 p.evaluated = False
             bar.update(1)
     bar.close()
+
+
+def _unstack_losses(loss_sums: torch.Tensor, pos: list[_Position]) -> None:
+    for i, p in enumerate(pos):
+        p.loss_sum = loss_sums[i].clone()
 
 
 def _evaluated(net: nn.Module, m: Member, pos: _Position, per_epoch: int, step: int, fmt: torch.memory_format,
@@ -591,8 +631,8 @@ def _save_pack(stack: _Stack, opt: torch.optim.Optimizer, members: list[Member],
     for m, p in zip(members, pos):
         if p.loss_n:  # never checkpoint a diverged state
             _check_finite(float(p.loss_sum), m.job.label, step, m.job.out)
-    opt_state, size = opt.state_dict(), len(members)
-    parts = [{"model": stack.member_state(i), "optimizer": _member_optimizer(opt_state, i, size), "rows": p.rows,
+    opt_state = opt.state_dict()
+    parts = [{"model": stack.member_state(i), "optimizer": stack.member_optimizer(opt_state, i), "rows": p.rows,
               "train_loss": (float(p.loss_sum), p.loss_n)} for i, p in enumerate(pos)]
     checkpoints.save(path, {"step": step, "members": parts}, kind="checkpoint", config_hash=ident)
     log.debug("pack %s: checkpoint of step %d written to %s", ident, step, path)
