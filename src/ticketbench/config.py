@@ -300,6 +300,19 @@ class Schedule:
     reinit: int
     """The step random reinitialization's fresh weights start at (``imp.reinit_start``): k or 0."""
 
+    def steps_of(self, branch: str, level: int) -> tuple[int, int]:
+        """The (start, end) steps of a job: the dense network trains 0..T; IMP levels, baselines and
+        SGD-noise copies train k..T, random reinitialization (and copies of it) from ``reinit`` (k or 0);
+        fine-tuning level L continues the step count from T, ``finetune`` steps per level."""
+        if branch == "imp" and level == 0:
+            return 0, self.total
+        if branch == "finetune":
+            start = self.total + (level - 1) * self.finetune
+            return start, start + self.finetune
+        if branch in REINITIALIZED:
+            return self.reinit, self.total
+        return self.rewind, self.total
+
     def lr_at(self, step: int, lr: float, gamma: float) -> float:
         """Learning rate used by the update *from* ``step``: linear warmup from 0 (open_lth's
         ``min(1, step / warmup)``), times ``gamma`` for every milestone already reached."""

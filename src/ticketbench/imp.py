@@ -160,7 +160,7 @@ class Run:
                                                        "optimizer": opt.state_dict(), "param_names": names},
                              kind="rewind", config_hash=self.hash)
 
-        return self._job(self.level_dir(0), "level 0 (dense)", model.state_dict(), mask, 0, self.schedule.total,
+        return self._job(self.level_dir(0), "level 0 (dense)", model.state_dict(), mask, *self.schedule.steps_of("imp", 0),
                            snapshot=snapshot, branch="imp", level=0, replicate=None)
 
     def level(self, level: int) -> dict[str, Any]:
@@ -176,7 +176,7 @@ class Run:
         prev = self.level_dir(level - 1)
         mask = self._existing_mask(folder) or magnitude_prune(self.final_state(prev), self.load_mask(prev), self.kinds, self.cfg.prune)
         state, opt = self._start_state(mask)
-        return self._job(folder, f"level {level}", state, mask, self.schedule.rewind, self.schedule.total,
+        return self._job(folder, f"level {level}", state, mask, *self.schedule.steps_of("imp", level),
                            optimizer_state=opt, branch="imp", level=level, replicate=None)
 
     def all_levels(self) -> list[dict[str, Any]]:
@@ -213,12 +213,12 @@ class Run:
         imp_mask = self.load_mask(self.level_dir(level))
         # A copy trains the network of replicate 0 of the branch it copies.
         original, network = (COPIES[kind], 0) if kind in COPIES else (kind, replicate)
-        start, seeds, extra = self.schedule.rewind, None, {}
+        seeds, extra = None, {}
         if original == "random_reinit":
             mask = imp_mask
             state = self.model(stream_seed(_REINIT, self.cfg.seeds.init, level, network)).state_dict()
             opt = None
-            start, extra = self.schedule.reinit, {"reinit_start": self.cfg.imp.reinit_start}
+            extra = {"reinit_start": self.cfg.imp.reinit_start}
         else:
             if original == "random_prune":
                 g = torch.Generator().manual_seed(stream_seed(_RANDOM_MASK, self.cfg.seeds.init, level, network))
@@ -233,7 +233,7 @@ class Run:
         if kind in COPIES:
             base = self.cfg.seeds
             seeds = (stream_seed(_COPY, base.data_order, level, replicate), stream_seed(_COPY, base.augmentation, level, replicate))
-        return self._job(folder, f"{kind} level {level} rep {replicate}", state, mask, start, self.schedule.total,
+        return self._job(folder, f"{kind} level {level} rep {replicate}", state, mask, *self.schedule.steps_of(kind, level),
                            optimizer_state=opt, seeds=seeds, branch=kind, level=level, replicate=replicate, **extra)
 
     def finetune(self, level: int) -> dict[str, Any]:
@@ -254,8 +254,7 @@ class Run:
         t, s = self.cfg.train, self.schedule
         final_lr = s.lr_at(s.total, t.lr, t.gamma)
         # Steps are numbered on from T so the fine-tuning batches continue the data order.
-        start = s.total + (level - 1) * s.finetune
-        return self._job(folder, f"finetune level {level}", state, mask, start, start + s.finetune,
+        return self._job(folder, f"finetune level {level}", state, mask, *s.steps_of("finetune", level),
                            lr=lambda step: final_lr, branch="finetune", level=level, replicate=None)
 
     def network(self, folder: Path) -> torch.nn.Module:
