@@ -67,8 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", type=Path, help="workflow config (config/*.yaml)")
     p.add_argument("--experiment", required=True, help="experiment id in the workflow config")
     p.add_argument("jobs", nargs="+", help="jobs as seed<S>/<branch>/level_<LL>[/rep_<R>], e.g. seed0/imp/level_03")
-    p.add_argument("--runs-dir", required=True,
+    p.add_argument("--runs-dir", required=True, type=Path,
                    help="the experiment's folder of run directories seed<S> (the workflow's results/<config>/runs/<experiment>)")
+    p.add_argument("--manifest", type=Path,
+                   help="when every job is done, write this JSON naming them and their networks' SHA-256 (the workflow's "
+                        "output of a pack)")
     runtime.add_arguments(p, training=True, pack=True)
 
     p = sub.add_parser("evaluate", help="evaluate stored networks (job directories with final.pt) on the test set")
@@ -171,8 +174,15 @@ def cmd_pack(args: argparse.Namespace) -> None:
                           str(args.runs_dir / "seed{seed}"), runtime.from_args(args))
     pendings = [n.pending(runs[n.seed]) for n in names]
     mode = runtime.from_args(args).pack_mode_on(next(iter(runs.values())).data.test.x.device)
-    for name, summary in zip(args.jobs, pack.train(pendings, mode)):
+    summaries = pack.train(pendings, mode)
+    for name, summary in zip(args.jobs, summaries):
         _report(summary, args.runs_dir / name)
+    if args.manifest:
+        from .checkpoints import atomic_write
+
+        atomic_write(args.manifest, json.dumps({"experiment": args.experiment, "mode": mode, "jobs": {
+            name: s["model_sha256"] for name, s in zip(args.jobs, summaries)}}, indent=2) + "\n")
+        log.info("pack of %d jobs done -> %s", len(summaries), args.manifest)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
