@@ -186,6 +186,29 @@ def test_instability_interpolates_the_copies_of_a_random_baseline_and_names_that
         cli.main(["instability", str(tmp_path / "run"), "--level", "1", "--pairs", "1", "--branch", "imp", "-o", str(out)])
 
 
+def test_an_analysis_runs_the_networks_in_the_layout_they_were_trained_in(tmp_path, write_config, capsys):
+    """As `ticketbench evaluate`: the path between two copies is evaluated in their recorded memory layout;
+    copies recorded in different layouts are refused in one line unless --memory-format picks one."""
+    import json
+
+    from ticketbench import cli
+
+    common = [str(write_config(tiny_run(imp={"levels": 1, "rewind": "5it"}))), "--run-dir", str(tmp_path / "run"),
+              "--threads", "1", "--no-progress"]
+    assert cli.main(["dense", *common]) == 0
+    for r in (0, 1):
+        assert cli.main(["branch", *common, "--kind", "copy", "--level", "0", "--replicate", str(r)]) == 0
+    summary = tmp_path / "run" / "copy" / "level_00" / "rep_1" / "summary.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "memory_format": "channels_last"}))
+    argv = ["instability", str(tmp_path / "run"), "--level", "0", "--pairs", "1", "--points", "2",
+            "-o", str(tmp_path / "i.csv"), "--threads", "1"]
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ran in memory format contiguous" in err[0] and "channels_last" in err[0], err
+    assert cli.main([*argv, "--memory-format", "contiguous"]) == 0
+
+
 def test_verbose_adds_the_debug_lines_a_user_needs_to_see_what_a_job_does(write_config, tmp_path):
     """-v shows the split sizes, each job's steps and seeds, and checkpoint writes; without it they are not shown."""
     path = write_config(tiny_run(imp={"levels": 0, "rewind": "0it"}))
