@@ -31,7 +31,7 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
 def test_help_lists_the_subcommands():
     out = subprocess.run([*TICKETBENCH, "--help"], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0
-    for cmd in ("train", "imp", "branch", "finetune", "evaluate"):
+    for cmd in ("dense", "imp", "branch", "finetune", "evaluate", "curves"):
         assert cmd in out.stdout
 
 
@@ -57,7 +57,7 @@ def test_only_training_subcommands_offer_the_flags_that_only_training_uses():
     from ticketbench.cli import build_parser
 
     parser = build_parser()
-    for argv in (["train", "c.yaml"], ["imp", "c.yaml"], ["finetune", "c.yaml", "--level", "1"],
+    for argv in (["dense", "c.yaml"], ["imp", "c.yaml"], ["finetune", "c.yaml", "--level", "1"],
                  ["branch", "c.yaml", "--kind", "copy", "--level", "0"]):
         assert parser.parse_args([*argv, "--download", "--checkpoint-seconds", "5"]).checkpoint_seconds == 5
     for argv in (["evaluate", "job"], ["audit", "results"], ["hessian", "job", "-o", "h.csv"], ["instability", "run", "--level", "0", "--pairs", "1", "-o", "i.csv"]):
@@ -95,17 +95,17 @@ def test_bad_config_fails_with_one_line_and_exit_2(write_config, tmp_path, overr
 def test_dataset_checksum_failure_fails_clearly(write_config, tmp_path):
     make_mnist(tmp_path / "data" / "mnist")
     cfg = tiny_run(data={"name": "mnist", "validation_size": 20})
-    result = ticketbench("train", write_config(cfg), "--run-dir", tmp_path / "run", "--data-root", tmp_path / "data")
+    result = ticketbench("dense", write_config(cfg), "--run-dir", tmp_path / "run", "--data-root", tmp_path / "data")
     assert result.returncode == 2
     assert "MD5" in one_line_error(result)
-    ok = ticketbench("train", write_config(cfg), "--run-dir", tmp_path / "run", "--data-root", tmp_path / "data",
+    ok = ticketbench("dense", write_config(cfg), "--run-dir", tmp_path / "run", "--data-root", tmp_path / "data",
                      "--no-verify")
     assert ok.returncode == 0, ok.stderr
 
 
 def test_corrupted_checkpoint_fails_clearly_and_is_kept(write_config, tmp_path):
     path = write_config(tiny_run())
-    assert ticketbench("train", path, "--run-dir", tmp_path / "run").returncode == 0
+    assert ticketbench("dense", path, "--run-dir", tmp_path / "run").returncode == 0
     final = tmp_path / "run" / "imp" / "level_00" / "final.pt"
     data = bytearray(final.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -120,7 +120,7 @@ def _train_until_checkpoint(path, run_dir, sig: int) -> subprocess.CompletedProc
     thousands of steps, that it is still training then, even on a fast machine)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ckpt = run_dir / "imp" / "level_00" / "checkpoint.pt"
-    proc = subprocess.Popen([*TICKETBENCH, "train", str(path), "--run-dir", str(run_dir), "--threads", "1",
+    proc = subprocess.Popen([*TICKETBENCH, "dense", str(path), "--run-dir", str(run_dir), "--threads", "1",
                              "--no-progress", "--checkpoint-seconds", "0.05"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -135,7 +135,7 @@ def _train_until_checkpoint(path, run_dir, sig: int) -> subprocess.CompletedProc
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_training_resumes_to_identical_weights(write_config, tmp_path, sig):
     path = write_config(tiny_run(train={"steps": "3000it", "eval_every": "250it", "milestones": ["2000it"]}))
-    assert ticketbench("train", path, "--run-dir", tmp_path / "ref").returncode == 0
+    assert ticketbench("dense", path, "--run-dir", tmp_path / "ref").returncode == 0
     killed = _train_until_checkpoint(path, tmp_path / "run", sig)
     if sig == signal.SIGTERM:
         assert killed.returncode == 143, killed.stderr  # checkpoint written, exit for requeue
@@ -144,7 +144,7 @@ def test_killed_training_resumes_to_identical_weights(write_config, tmp_path, si
         assert killed.returncode == -signal.SIGKILL
     assert (tmp_path / "run" / "imp" / "level_00" / "checkpoint.pt").exists()
     assert not (tmp_path / "run" / "imp" / "level_00" / "summary.json").exists()
-    resumed = ticketbench("train", path, "--run-dir", tmp_path / "run")
+    resumed = ticketbench("dense", path, "--run-dir", tmp_path / "run")
     assert resumed.returncode == 0, resumed.stderr
     ref = checkpoints.load(tmp_path / "ref/imp/level_00/final.pt", kind="model", config_hash=None)["model"]
     got = checkpoints.load(tmp_path / "run/imp/level_00/final.pt", kind="model", config_hash=None)["model"]
@@ -186,12 +186,35 @@ def test_instability_interpolates_the_copies_of_a_random_baseline_and_names_that
         cli.main(["instability", str(tmp_path / "run"), "--level", "1", "--pairs", "1", "--branch", "imp", "-o", str(out)])
 
 
+def test_an_analysis_runs_the_networks_in_the_layout_they_were_trained_in(tmp_path, write_config, capsys):
+    """As `ticketbench evaluate`: the path between two copies is evaluated in their recorded memory layout;
+    copies recorded in different layouts are refused in one line unless --memory-format picks one."""
+    import json
+
+    from ticketbench import cli
+
+    common = [str(write_config(tiny_run(imp={"levels": 1, "rewind": "5it"}))), "--run-dir", str(tmp_path / "run"),
+              "--threads", "1", "--no-progress"]
+    assert cli.main(["dense", *common]) == 0
+    for r in (0, 1):
+        assert cli.main(["branch", *common, "--kind", "copy", "--level", "0", "--replicate", str(r)]) == 0
+    summary = tmp_path / "run" / "copy" / "level_00" / "rep_1" / "summary.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "memory_format": "channels_last"}))
+    argv = ["instability", str(tmp_path / "run"), "--level", "0", "--pairs", "1", "--points", "2",
+            "-o", str(tmp_path / "i.csv"), "--threads", "1"]
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ran in memory format contiguous" in err[0] and "channels_last" in err[0], err
+    assert cli.main([*argv, "--memory-format", "contiguous"]) == 0
+
+
 def test_verbose_adds_the_debug_lines_a_user_needs_to_see_what_a_job_does(write_config, tmp_path):
     """-v shows the split sizes, each job's steps and seeds, and checkpoint writes; without it they are not shown."""
     path = write_config(tiny_run(imp={"levels": 0, "rewind": "0it"}))
-    quiet = ticketbench("train", path, "--run-dir", tmp_path / "a")
+    quiet = ticketbench("dense", path, "--run-dir", tmp_path / "a")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    loud = subprocess.run([*TICKETBENCH, "-v", "train", str(path), "--run-dir", str(tmp_path / "b"), "--threads", "1",
+    loud = subprocess.run([*TICKETBENCH, "-v", "dense", str(path), "--run-dir", str(tmp_path / "b"), "--threads", "1",
                            "--no-progress", "--checkpoint-seconds", "0"], capture_output=True, text=True, cwd=REPO, env=env)
     assert quiet.returncode == loud.returncode == 0
     for line in ("train / 64 validation / 128 test examples", "data-order seed", "checkpoint of step"):

@@ -227,3 +227,74 @@ def test_snakemake_report_shows_the_figures_per_family_the_tables_and_the_report
     labels = {Path(f).name: r["labels"] for f, r in results.items()}
     for name, caption in index.loc[index["drawn"], ["figure", "caption"]].itertuples(index=False):
         assert labels[name] == {"figure": name.removesuffix(".png"), "caption": caption}  # as report.md has it
+
+
+# --------------------------------------------------------------------------------------------------
+# Training curves of running and finished jobs (`ticketbench curves`)
+# --------------------------------------------------------------------------------------------------
+
+
+def fake_job(job: Path, evaluations: int, finished: bool, validation: bool = True) -> pd.DataFrame:
+    """A job directory as training leaves it: metrics.csv after each evaluation (the columns of
+    train.METRIC_COLUMNS), summary.json only once the job has finished."""
+    from ticketbench.train import METRIC_COLUMNS
+
+    steps = np.arange(1, evaluations + 1) * 100
+    val = (1.0 + (steps - 300) ** 2 / 1e5) if validation else np.full(len(steps), np.nan)  # minimum at step 300
+    metrics = pd.DataFrame({"step": steps, "epoch": steps / 50, "lr": 0.1, "train_loss": 2 / steps ** 0.5,
+                            "val_loss": val, "val_acc": 0.8 if validation else np.nan, "test_loss": val + 0.1,
+                            "test_acc": 0.5 + steps / 1e4}, columns=METRIC_COLUMNS)
+    job.mkdir(parents=True)
+    metrics.to_csv(job / "metrics.csv", index=False)
+    if finished:
+        (job / "summary.json").write_text("{}")
+    return metrics
+
+
+@pytest.fixture
+def run_dir(tmp_path) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("hash: x\n")
+    fake_job(run / "imp" / "level_00", 6, finished=True)
+    fake_job(run / "copy" / "level_01" / "rep_1", 3, finished=False)
+    return run
+
+
+def test_curves_of_a_run_draw_every_job_and_say_which_is_still_running(drawn, run_dir, tmp_path):
+    figures.curves_figure(figures.job_curves([run_dir]), tmp_path / "curves.png")
+    (fig,) = drawn
+    loss, acc = fig.axes
+    assert [t.get_text() for t in acc.get_legend().get_texts()] == ["copy, level 1, rep 1 (running)", "imp, level 0"]
+    assert "still running: copy, level 1, rep 1 (step 300)" in fig._suptitle.get_text()
+    stars = [ln for ln in loss.lines if ln.get_marker() == "*"]
+    assert sorted(float(s.get_xdata()[0]) for s in stars) == [300, 300]  # the minimum validation loss of each job
+    assert len([ln for ln in loss.lines if ln.get_marker() != "*"]) == 2 * 3  # train, val, test loss per job
+
+
+def test_a_finished_job_without_validation_split_has_no_early_stop_mark(drawn, tmp_path):
+    (tmp_path / "run" / "config.yaml").parent.mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("hash: x\n")
+    fake_job(tmp_path / "run" / "imp" / "level_02", 4, finished=True, validation=False)
+    figures.curves_figure(figures.job_curves([tmp_path / "run" / "imp" / "level_02"]), tmp_path / "c.png")
+    (fig,) = drawn
+    assert not [ln for ax in fig.axes for ln in ax.lines if ln.get_marker() == "*"]
+    assert "all finished" in fig._suptitle.get_text()
+
+
+def test_the_curves_figure_is_written_as_png_and_svg_and_redraws_byte_identically(run_dir, tmp_path):
+    from ticketbench import cli
+
+    for out in ("a", "b"):
+        assert cli.main(["curves", str(run_dir), "-o", str(tmp_path / out / "curves.png")]) == 0
+    for name in ("curves.png", "curves.svg"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_a_job_without_metrics_is_one_clear_error_with_exit_2(run_dir, capsys):
+    from ticketbench import cli
+
+    (run_dir / "imp" / "level_01").mkdir()
+    assert cli.main(["curves", str(run_dir / "imp" / "level_01"), "-o", "never.png"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ticketbench: error:") and "no metrics.csv" in err[0]

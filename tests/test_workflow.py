@@ -98,12 +98,11 @@ def test_smoke_dry_run_lists_every_rule_with_the_expected_job_counts(workdir):
 
 def test_every_training_job_runs_the_cli_on_its_experiment_and_seed(workdir):
     out = snakemake(workdir, "-n", "--printshellcmds", "--configfile", "config/smoke.yaml").stdout
-    commands = re.findall(r"^Shell command: (ticketbench (?:imp|branch|finetune) .*)$", out, flags=re.M)
+    commands = re.findall(r"^Shell command: (ticketbench (?:dense|imp|branch|finetune) .*)$", out, flags=re.M)
     assert len(commands) == SMOKE_JOBS["dense"] + SMOKE_JOBS["imp_level"] + SMOKE_JOBS["branch"] + SMOKE_JOBS["finetune"]
     for cmd in commands:
         exp, seed = re.search(r"--experiment (\S+) --seed (\d+)", cmd).groups()
-        assert cmd.startswith(("ticketbench imp config/smoke.yaml", "ticketbench branch config/smoke.yaml",
-                               "ticketbench finetune config/smoke.yaml"))
+        assert cmd.startswith(tuple(f"ticketbench {rule} config/smoke.yaml" for rule in ("dense", "imp", "branch", "finetune")))
         assert f"--run-dir results/smoke/runs/{exp}/seed{seed} " in cmd
         assert "--threads 1 --no-progress" in cmd
 

@@ -41,10 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train the dense network (IMP level 0), capturing the rewind state")
+    p = sub.add_parser("dense", help="train the dense network (IMP level 0, the workflow's rule 'dense'), "
+                                     "capturing the state at the rewind step")
     _run_args(p)
 
-    p = sub.add_parser("imp", help="run IMP levels (all, or one with --level)")
+    p = sub.add_parser("imp", help="run IMP levels (all, or one with --level; level 0 is 'dense')")
     _run_args(p)
     p.add_argument("--level", type=int, help="only this level (its predecessors must be done)")
 
@@ -54,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(p)
     p.add_argument("--kind", required=True, choices=BRANCHES,
                    help="random_reinit: IMP's mask, fresh weights; random_prune: a random mask of the level's "
-                        "sparsity; oneshot: prune the dense net at once; copy: an SGD-noise copy for instability; "
-                        "copy_random_reinit, copy_random_prune: SGD-noise copies of those baselines' replicate 0")
+                        "sparsity; oneshot: prune the dense net at once; copy: an SGD-noise copy (trained here; "
+                        "'ticketbench instability' interpolates the copies); copy_random_reinit, copy_random_prune: SGD-noise copies of those baselines' replicate 0")
     p.add_argument("--level", type=int, required=True, help="the IMP level it branches off (that level must be done)")
     p.add_argument("--replicate", type=int, default=0, help="replicate number: its own seed stream (default: 0)")
 
@@ -86,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("table", type=Path, help="CSV written by 'ticketbench table'")
     p.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write")
     p.add_argument("--title", default="", help="figure title (default: none)")
+
+    p = sub.add_parser("curves", help="loss and accuracy vs. step of running or finished jobs, from their "
+                                      "metrics.csv (PNG + SVG)")
+    p.add_argument("jobs", type=Path, nargs="+", help="job directories (e.g. RUN/imp/level_03) or run directories "
+                                                      "(every job in them that has evaluated); several are overlaid")
+    p.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write (its SVG is written beside it)")
 
     p = sub.add_parser("hash", help="print the run directory name of a config (name-hash)")
     p.add_argument("config", type=Path, help="run config (YAML), or a workflow config with --experiment")
@@ -139,7 +146,7 @@ def _report(summary: dict[str, Any], folder: Path) -> None:
     log.info("%s: test acc %.4f, density %.4f -> %s", folder, summary["final_test_acc"], summary["density"], folder)
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def cmd_dense(args: argparse.Namespace) -> None:
     run = _open(args)
     _report(run.dense(), run.level_dir(0))
 
@@ -219,6 +226,14 @@ def cmd_lth_figure(args: argparse.Namespace) -> None:
     log.info("wrote %s", args.output)
 
 
+def cmd_curves(args: argparse.Namespace) -> None:
+    from .report import figures
+
+    curves = figures.job_curves(args.jobs)
+    figures.curves_figure(curves, args.output)
+    log.info("wrote the curves of %d job(s) to %s and %s", len(curves), args.output, figures.vector_of(args.output))
+
+
 def cmd_hash(args: argparse.Namespace) -> None:
     from . import config
 
@@ -226,8 +241,9 @@ def cmd_hash(args: argparse.Namespace) -> None:
     print(cfg.run_name())
 
 
-COMMANDS = {"train": cmd_train, "imp": cmd_imp, "branch": cmd_branch, "finetune": cmd_finetune, "pack": cmd_pack,
-            "evaluate": cmd_evaluate, "table": cmd_table, "lth-figure": cmd_lth_figure, "hash": cmd_hash}
+COMMANDS = {"dense": cmd_dense, "imp": cmd_imp, "branch": cmd_branch, "finetune": cmd_finetune, "pack": cmd_pack,
+            "evaluate": cmd_evaluate, "table": cmd_table, "lth-figure": cmd_lth_figure, "curves": cmd_curves,
+            "hash": cmd_hash}
 
 if __name__ == "__main__":
     sys.exit(main())

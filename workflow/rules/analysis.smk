@@ -3,7 +3,20 @@
 RUN/analysis/<kind>/ holds one table per job that the report reads (one row per eigenvalue or per
 point of a path). The report computes barriers from these paths itself (ticketbench.analysis.barriers),
 so the per-path barrier tables of the CLI (--barriers) are not written here.
+
+The rules are named after the analyses and write RUN/analysis/<rule>/ (config keys of the same names);
+``successive`` runs ``ticketbench interpolate``, the general two-network path, between IMP levels L
+and L+1. The SGD-noise copies that ``instability`` interpolates are trained by train.smk's ``branch``.
 """
+
+# What every analysis job has in common, written once (config "threads", "resources: analysis:",
+# "gpu"); config_hash is no flag of the commands: as a parameter it reruns a job whose run changed.
+ANALYSIS_RESOURCES = {
+    "mem_mb": resource("analysis", "mem_mb"),
+    "runtime": resource("analysis", "runtime"),
+    "gpu": config["gpu"],
+}
+ANALYSIS_PARAMS = {"config_hash": config_hash, "runtime": runtime_flags}
 
 
 rule hessian:
@@ -18,14 +31,11 @@ rule hessian:
         branch="imp|random_reinit|random_prune|oneshot|finetune",
     threads: config["threads"]
     resources:
-        mem_mb=resource("analysis", "mem_mb"),
-        runtime=resource("analysis", "runtime"),
-        gpu=config["gpu"],
+        **ANALYSIS_RESOURCES,
     params:
-        config_hash=config_hash,
+        **ANALYSIS_PARAMS,
         options=cli_options("hessian"),
         job=lambda wildcards, input: os.path.dirname(input[0]),
-        runtime=runtime_flags,
     shell:
         "ticketbench hessian {params.job} {params.options} -o {output} {params.runtime} > {log} 2>&1"
 
@@ -40,21 +50,18 @@ rule instability:
         f"{LOGS}/instability_level_{{level}}.log",
     threads: config["threads"]
     resources:
-        mem_mb=resource("analysis", "mem_mb"),
-        runtime=resource("analysis", "runtime"),
-        gpu=config["gpu"],
+        **ANALYSIS_RESOURCES,
     params:
-        config_hash=config_hash,
+        **ANALYSIS_PARAMS,
         options=cli_options("instability"),
         run=run_of,
-        runtime=runtime_flags,
+        branch="copy",
     shell:
-        "ticketbench instability {params.run} --level {wildcards.level} {params.options}"
+        "ticketbench instability {params.run} --level {wildcards.level} --branch {params.branch} {params.options}"
         " -o {output.paths} {params.runtime} > {log} 2>&1"
 
 
-rule baseline_instability:
-    """Instability of a random baseline of level L: its SGD-noise copies interpolated (LMC Sec. 4)."""
+use rule instability as baseline_instability with:
     input:
         copy_pairs(None),
     output:
@@ -63,19 +70,8 @@ rule baseline_instability:
         f"{LOGS}/instability_{{branch}}_level_{{level}}.log",
     wildcard_constraints:
         branch="|".join(RANDOM_COPIES),
-    threads: config["threads"]
-    resources:
-        mem_mb=resource("analysis", "mem_mb"),
-        runtime=resource("analysis", "runtime"),
-        gpu=config["gpu"],
     params:
-        config_hash=config_hash,
-        options=cli_options("instability"),
-        run=run_of,
-        runtime=runtime_flags,
-    shell:
-        "ticketbench instability {params.run} --level {wildcards.level} --branch {wildcards.branch}"
-        " {params.options} -o {output.paths} {params.runtime} > {log} 2>&1"
+        branch="{branch}",
 
 
 rule successive:
@@ -88,14 +84,11 @@ rule successive:
         f"{LOGS}/successive_level_{{level}}.log",
     threads: config["threads"]
     resources:
-        mem_mb=resource("analysis", "mem_mb"),
-        runtime=resource("analysis", "runtime"),
-        gpu=config["gpu"],
+        **ANALYSIS_RESOURCES,
     params:
-        config_hash=config_hash,
+        **ANALYSIS_PARAMS,
         options=cli_options("successive"),
         jobs=job_dirs_of,
-        runtime=runtime_flags,
     shell:
         "ticketbench interpolate {params.jobs} {params.options}"
         " -o {output.paths} {params.runtime} > {log} 2>&1"

@@ -1,9 +1,24 @@
-"""Training jobs: one job per trained network (ticketbench imp | branch | finetune).
+"""Training jobs: one job per trained network (ticketbench dense | imp | branch | finetune).
 
 Each job's summary.json is written last by ticketbench and marks it done; rewind.pt (the state at the
 rewind step k, shared by every level and branch of a run) is written by level 0. The chains (IMP levels,
 fine-tuning levels) are the critical path, so their jobs go first when jobs wait for a core.
 """
+
+# What every training job has in common, written once: its cores, memory, time and GPUs (config
+# "threads", "resources: train:", "gpu"), and the parameters of its command line. config_hash is not
+# read by the shell commands: as a parameter it reruns a job whose config changed.
+TRAINING_RESOURCES = {
+    "mem_mb": resource("train", "mem_mb"),
+    "runtime": resource("train", "runtime"),
+    "gpu": config["gpu"],
+}
+TRAINING_PARAMS = {
+    "config_hash": config_hash,
+    "configfile": configfile_of,
+    "run": run_of,
+    "runtime": runtime_flags,
+}
 
 
 wildcard_constraints:
@@ -28,17 +43,12 @@ rule dense:
     priority: 1
     threads: config["threads"]
     resources:
-        mem_mb=resource("train", "mem_mb"),
-        runtime=resource("train", "runtime"),
-        gpu=config["gpu"],
+        **TRAINING_RESOURCES,
     params:
-        config_hash=config_hash,
-        configfile=configfile_of,
-        run=run_of,
-        runtime=runtime_flags,
+        **TRAINING_PARAMS,
     shell:
-        "ticketbench imp {params.configfile} --experiment {wildcards.experiment} --seed {wildcards.seed}"
-        " --level 0 --run-dir {params.run} {params.runtime} > {log} 2>&1"
+        "ticketbench dense {params.configfile} --experiment {wildcards.experiment} --seed {wildcards.seed}"
+        " --run-dir {params.run} {params.runtime} > {log} 2>&1"
 
 
 rule imp_level:
@@ -54,14 +64,9 @@ rule imp_level:
     priority: 1
     threads: config["threads"]
     resources:
-        mem_mb=resource("train", "mem_mb"),
-        runtime=resource("train", "runtime"),
-        gpu=config["gpu"],
+        **TRAINING_RESOURCES,
     params:
-        config_hash=config_hash,
-        configfile=configfile_of,
-        run=run_of,
-        runtime=runtime_flags,
+        **TRAINING_PARAMS,
     shell:
         "ticketbench imp {params.configfile} --experiment {wildcards.experiment} --seed {wildcards.seed}"
         " --level {wildcards.level} --run-dir {params.run} {params.runtime} > {log} 2>&1"
@@ -81,14 +86,9 @@ rule branch:
         kind="|".join((*BASELINES, "copy", *RANDOM_COPIES)),
     threads: config["threads"]
     resources:
-        mem_mb=resource("train", "mem_mb"),
-        runtime=resource("train", "runtime"),
-        gpu=config["gpu"],
+        **TRAINING_RESOURCES,
     params:
-        config_hash=config_hash,
-        configfile=configfile_of,
-        run=run_of,
-        runtime=runtime_flags,
+        **TRAINING_PARAMS,
     shell:
         "ticketbench branch {params.configfile} --experiment {wildcards.experiment} --seed {wildcards.seed}"
         " --kind {wildcards.kind} --level {wildcards.level} --replicate {wildcards.replicate}"
@@ -106,14 +106,9 @@ rule finetune:
     priority: 1
     threads: config["threads"]
     resources:
-        mem_mb=resource("train", "mem_mb"),
-        runtime=resource("train", "runtime"),
-        gpu=config["gpu"],
+        **TRAINING_RESOURCES,
     params:
-        config_hash=config_hash,
-        configfile=configfile_of,
-        run=run_of,
-        runtime=runtime_flags,
+        **TRAINING_PARAMS,
     shell:
         "ticketbench finetune {params.configfile} --experiment {wildcards.experiment} --seed {wildcards.seed}"
         " --level {wildcards.level} --run-dir {params.run} {params.runtime} > {log} 2>&1"

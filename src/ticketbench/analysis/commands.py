@@ -61,7 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, Handler]:
                    help="how HVPs are computed; same result, different speed (default: forward_over_reverse)")
     runtime.add_arguments(p)
 
-    p = subparsers.add_parser("interpolate", help="loss and error along the line between two trained networks of one run")
+    p = subparsers.add_parser("interpolate", help="loss and error along the line between two trained networks of one run "
+                                                       "(the workflow's 'successive' analysis: IMP levels L and L+1)")
     p.add_argument("job_a", type=Path, help="endpoint at alpha = 0, e.g. RUN/imp/level_03")
     p.add_argument("job_b", type=Path, help="endpoint at alpha = 1, e.g. RUN/imp/level_04")
     _path_args(p)
@@ -70,7 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, Handler]:
                         "successive IMP levels: the sparser mask). Several = one path each (default: none)")
     runtime.add_arguments(p)
 
-    p = subparsers.add_parser("instability", help="LMC instability: interpolate pairs of SGD-noise copies (config.COPIES)")
+    p = subparsers.add_parser("instability", help="LMC instability: interpolate pairs of SGD-noise copies "
+                                                       "(trained by 'ticketbench branch --kind copy', config.COPIES)")
     p.add_argument("run_dir", type=Path, help="run directory")
     p.add_argument("--level", type=int, required=True, help="IMP level (0 = the dense network)")
     p.add_argument("--pairs", type=int, required=True, help="pairs r = 0..P-1, made of copies 2r and 2r+1")
@@ -126,6 +128,17 @@ def _meta(run: Any, job: Path) -> dict[str, Any]:
             "level": s.get("level"), "replicate": s.get("replicate"), "density": s.get("density")}
 
 
+def _layout(job: Path, args: argparse.Namespace) -> str:
+    """The memory layout a job's network is analysed in: the one it was trained in (its summary records
+    it), unless --memory-format names another, as ``ticketbench evaluate`` does. Layout changes no
+    math, but another layout rounds differently, so the analysed network is the trained one."""
+    from ..report.audit import recorded_layout
+
+    if args.memory_format != "auto":
+        return args.memory_format
+    return recorded_layout(json.loads((job / "summary.json").read_text()))
+
+
 def _write(df: Any, path: Path, what: str) -> None:
     from ..checkpoints import atomic_write
 
@@ -151,6 +164,7 @@ def cmd_hessian(args: argparse.Namespace) -> None:
     run = _open(args.job, args)
     meta = _meta(run, args.job)
     net, mask = run.network(args.job), run.load_mask(args.job)
+    _check_hessian_layout(net, _layout(args.job, args))
     train = run.data.train_unpadded()
     result = analyse(net, mask, train, cfg, n_examples=len(train), method=args.hvp)
 
@@ -179,6 +193,19 @@ def cmd_hessian(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+def _check_hessian_layout(net: Any, layout: str) -> None:
+    """The Hessian analysis runs in the layout ``models.memory_format`` picks for the network (see
+    hessian.MaskedHessian); a job trained, or asked for, in another layout is refused, not silently
+    analysed in a layout it did not run in."""
+    from ..config import ConfigError
+    from ..models import layout_name, memory_format
+
+    wanted, used = memory_format(net, layout), memory_format(net)
+    if wanted != used:
+        raise ConfigError(f"hessian: the network is to be analysed in {layout_name(wanted)} (trained so, or "
+                          f"--memory-format), but the Hessian analysis runs it in {layout_name(used)}")
+
+
 def _splits(run: Any, args: argparse.Namespace) -> tuple[Any, Any]:
     from .interpolation import seeded_subset
 
@@ -186,10 +213,17 @@ def _splits(run: Any, args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _one_path(run: Any, job_a: Path, job_b: Path, mask_mode: str, args: argparse.Namespace, train: Any, test: Any) -> Any:
+    """The path between two finished jobs, its network in the memory layout both were trained in."""
+    from ..config import ConfigError
+    from ..models import memory_format
     from .interpolation import endpoints, path
 
+    la, lb = _layout(job_a, args), _layout(job_b, args)
+    if la != lb:
+        raise ConfigError(f"{job_a} ran in memory format {la}, {job_b} in {lb}: pick one with --memory-format")
     a, b = endpoints(run.final_state(job_a), run.final_state(job_b), run.load_mask(job_a), run.load_mask(job_b), mask_mode)
-    model = run.model().to(test.x.device)
+    model = run.model()
+    model.to(test.x.device, memory_format=memory_format(model, la))
     df = path(model, a, b, train, test, points=args.points, bn=args.bn, bn_data=train, batch_size=args.eval_batch_size)
     df.insert(0, "mask", mask_mode)
     df.insert(1, "bn", args.bn)

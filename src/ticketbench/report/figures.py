@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -25,6 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
 from ..checkpoints import atomic_write  # noqa: E402
@@ -411,6 +413,87 @@ def saleem_successive_figure(jobs: pd.DataFrame, successive: pd.DataFrame, exper
     path = out / f"saleem_successive_{experiment}.png"
     save(fig, path)
     return [(path, f"{experiment}: training loss along the linear path between the solutions of IMP levels L and L+1")]
+
+
+# --------------------------------------------------------------------------------------------------
+# Training curves of jobs (ticketbench curves): a running job is watched through its metrics.csv
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One job's evaluations (its metrics.csv, rewritten atomically at every evaluation while it trains)."""
+
+    label: str
+    metrics: pd.DataFrame
+    running: bool  # no summary.json yet: the job is training, interrupted, or waiting to resume
+
+
+CURVE_STYLES = {"train": "-", "val": "--", "test": ":"}
+CURVE_SPLITS = {"train": "training", "val": "validation", "test": "test"}
+
+
+def _job_label(job: Path, root: Path, runs: int) -> str:
+    """``imp, level 3`` or ``copy, level 3, rep 1`` from the job's folders below its run directory (the
+    run's name first when several runs are overlaid)."""
+    branch, *numbered = job.resolve().relative_to(root.resolve()).parts
+    words = [branch] + [f"{name} {int(n)}" for name, _, n in (p.rpartition("_") for p in numbered)]
+    return ", ".join(([root.name] if runs > 1 else []) + words)
+
+
+def job_curves(paths: list[Path]) -> list[Curve]:
+    """The curves of job directories, or of every job of a run directory that has evaluated at least
+    once. A job directory without a metrics.csv is an error (it has not evaluated yet, or is no job)."""
+    from ..config import ConfigError
+    from ..imp import run_root_of
+
+    jobs: list[tuple[Path, Path]] = []
+    for path in paths:
+        if (path / "config.yaml").is_file():
+            found = sorted({*path.glob("*/level_*/metrics.csv"), *path.glob("*/level_*/rep_*/metrics.csv")})
+            if not found:
+                raise ConfigError(f"{path}: no job of this run has a metrics.csv yet (nothing has been evaluated)")
+            jobs += [(m.parent, path) for m in found]
+        elif (path / "metrics.csv").is_file():
+            jobs.append((path, run_root_of(path)))
+        else:
+            raise ConfigError(f"{path}: no metrics.csv (the job has not evaluated yet, or this is not a job directory)")
+    runs = len({root.resolve() for _, root in jobs})
+    return [Curve(_job_label(job, root, runs), pd.read_csv(job / "metrics.csv"), not (job / "summary.json").is_file())
+            for job, root in jobs]
+
+
+def curves_figure(curves: list[Curve], png: Path) -> Path:
+    """Loss (left) and accuracy (right) vs. step, one colour per job, one line style per split. Where a
+    validation split exists, a star marks the early-stopping point (minimum validation loss, LTH Sec. 2)."""
+    _theme()
+    fig, (ax_loss, ax_acc) = _subplots(1, 2, figsize=(12.4, 4.6))
+    for i, c in enumerate(curves):
+        colour, m = HUES[i % len(HUES)], c.metrics
+        for split, style in CURVE_STYLES.items():
+            if m[f"{split}_loss"].notna().any():
+                ax_loss.plot(m["step"], m[f"{split}_loss"], color=colour, ls=style, lw=1.4)
+            if f"{split}_acc" in m and m[f"{split}_acc"].notna().any():
+                ax_acc.plot(m["step"], 100 * m[f"{split}_acc"], color=colour, ls=style, lw=1.4)
+        if m["val_loss"].notna().any():
+            best = m.loc[m["val_loss"].idxmin()]
+            ax_loss.plot(best["step"], best["val_loss"], "*", color=colour, ms=11, mec="black", mew=0.6)
+            ax_acc.plot(best["step"], 100 * best["test_acc"], "*", color=colour, ms=11, mec="black", mew=0.6)
+    splits = [Line2D([], [], color="0.3", ls=style, label=CURVE_SPLITS[s]) for s, style in CURVE_STYLES.items()]
+    stop = [Line2D([], [], ls="", marker="*", color="0.6", mec="black", ms=11, label="early stop (min val. loss)")]
+    jobs = [Line2D([], [], color=HUES[i % len(HUES)], label=c.label + (" (running)" if c.running else ""))
+            for i, c in enumerate(curves)]
+    any_val = any(c.metrics["val_loss"].notna().any() for c in curves)
+    ax_loss.legend(handles=splits + (stop if any_val else []), fontsize="small")
+    ax_acc.legend(handles=jobs, fontsize="small", ncol=1 + len(jobs) // 12)
+    ax_loss.set(xlabel="step (iterations)", ylabel="cross-entropy loss", title="loss")
+    ax_acc.set(xlabel="step (iterations)", ylabel="accuracy (%)", title="accuracy (star: test accuracy at the early stop)"
+               if any_val else "accuracy")
+    running = [f"{c.label} (step {int(c.metrics['step'].iloc[-1])})" for c in curves if c.running and len(c.metrics)]
+    status = f"still running: {'; '.join(running)}" if running else "all finished"
+    fig.suptitle(f"Training curves of {len(curves)} job{'s' * (len(curves) != 1)}\n{status}", fontsize="medium")
+    save(fig, png)
+    return png
 
 
 # --------------------------------------------------------------------------------------------------
