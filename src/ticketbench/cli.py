@@ -248,9 +248,14 @@ def cmd_plan(args: argparse.Namespace) -> None:
 def cmd_status(args: argparse.Namespace) -> None:
     from . import plan
 
-    path = args.config or (args.target if args.target.is_file() else Path("config") / f"{args.target.name}.yaml")
+    given_config = args.target.suffix in (".yaml", ".yml")
+    path = args.config or (args.target if given_config else Path("config") / f"{args.target.name}.yaml")
+    if not (args.config or given_config or path.is_file()):
+        from .config import ConfigError
+
+        raise ConfigError(f"{args.target}: its workflow config {path} does not exist; name it with --config")
     cfg, experiments = _plan(path, args.schema)
-    results = args.target if args.target.is_dir() else plan.results_of(cfg)
+    results = plan.results_of(cfg) if given_config else args.target
     found = [(job, plan.status(job)) for exp in experiments.values() for job in plan.jobs(exp, results)]
     if args.json:
         for job, st in found:

@@ -71,7 +71,8 @@ def validate(config: dict[str, Any], schema_path: str | Path, where: str) -> dic
 
     schema_path = Path(schema_path)
     if not schema_path.is_file():
-        raise WorkflowConfigError(f"{schema_path}: no workflow schema there; run from the repository or pass --schema")
+        raise WorkflowConfigError(f"{schema_path}: the workflow config's schema is not there; run from the repository "
+                                  f"root (relative paths are read from the working directory) or give its path (--schema)")
     schema = yaml.safe_load(schema_path.read_text())
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
     if error is not None:
