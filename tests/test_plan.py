@@ -120,6 +120,7 @@ def test_plan_command_counts_what_snakemake_counts(capsys):
     """config/smoke.yaml's jobs per kind add up to `snakemake -n`'s, less its report and all jobs."""
     assert cli.main(["plan", str(REPO / "config/smoke.yaml"), "--schema", str(SCHEMA), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
+    assert out["snakemake_also_counts"] == ["report", "all"]
     assert out["total"] == sum(SMOKE_JOBS.values()) - SMOKE_JOBS["report"] - SMOKE_JOBS["all"]
     kinds = {k: sum(e.get(k, 0) for e in out["experiments"].values()) for k in plan.KINDS}
     assert kinds["imp"] == SMOKE_JOBS["dense"] + SMOKE_JOBS["imp_level"]

@@ -233,15 +233,17 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
     cfg, experiments = _plan(args.config, args.schema)
     counts = plan.counts(experiments, plan.results_of(cfg))
+    also = ["report", "all"] if cfg["report"] else ["all"]  # the rules of one job each that snakemake -n adds
     if args.json:
-        print(json.dumps({"experiments": counts, "total": sum(sum(c.values()) for c in counts.values())}, indent=2))
+        print(json.dumps({"experiments": counts, "total": sum(sum(c.values()) for c in counts.values()),
+                          "snakemake_also_counts": also}, indent=2))
         return
     rows = [[eid, kind, str(n)] for eid, per in counts.items() for kind, n in per.items()]
     rows += [["total", kind, str(sum(per.get(kind, 0) for per in counts.values()))] for kind in plan.KINDS
              if any(kind in per for per in counts.values())]
     rows.append(["total", "all", str(sum(sum(per.values()) for per in counts.values()))])
     print(_table(["experiment", "kind", "jobs"], rows))
-    extra = "rules report and all (one job each)" if cfg["report"] else "rule all (one job)"
+    extra = f"rules {' and '.join(also)} (one job each)" if len(also) > 1 else "rule all (one job)"
     print(f"\n{args.config}: results in {plan.results_of(cfg)}; snakemake -n counts these jobs and its {extra}")
 
 

@@ -298,9 +298,9 @@ def jobs(exp: Experiment, results: str | Path) -> list[Job]:
     for seed in exp.runs:
         run = layout.run_dir(results, exp.id, seed)
 
-        def train(branch, level, replicate=None, kind=None):
+        def train(branch, level, replicate=None):
             folder = layout.job_dir(run, branch, level, replicate)
-            return Job(exp.id, seed, kind or branch, branch, level, replicate, folder / layout.SUMMARY)
+            return Job(exp.id, seed, branch, branch, level, replicate, folder / layout.SUMMARY)
 
         def analysis(kind, branch, level):
             path = layout.analysis_csv(run, kind, layout.analysis_name(kind, branch, level))
