@@ -22,7 +22,6 @@ from pathlib import Path
 RESULTS = Path("results")
 """Every result lives under this folder, relative to the working directory (the repository)."""
 RUN_CONFIG = "config.yaml"
-REWIND = "rewind.pt"
 SUMMARY = "summary.json"
 """Written last by a training job: it marks the job done."""
 FINAL, MASK, METRICS, CHECKPOINT = "final.pt", "mask.pt", "metrics.csv", "checkpoint.pt"
@@ -33,8 +32,6 @@ LOCK = ".lock"
 """The lock a training job holds on its directory while it runs (``checkpoints.JobLock``)."""
 ANALYSIS = "analysis"
 ANALYSES = ("hessian", "instability", "successive")
-
-
 LEVEL = "level_"
 
 
