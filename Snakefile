@@ -7,7 +7,7 @@ The default config (config/config.yaml) is the papers' protocols in full; config
 config/smoke.yaml shrink them. Outputs go to results/<config name>/. See docs/workflow.md.
 """
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -24,15 +24,12 @@ include: "workflow/rules/common.smk"
 
 CONFIGFILE = configfile_path()
 check_experiments_match_file(CONFIGFILE, config.get("experiments"))
-check_schema(
-    config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml", CONFIGFILE
-)
-validate(config, "workflow/schemas/config.schema.yaml")
+plan.validate(config, f"{workflow.basedir}/{plan.SCHEMA}", CONFIGFILE)
 
-RESULTS = f"results/{config['name']}"
-RUN = f"{RESULTS}/runs/{{experiment}}/seed{{seed}}"
-LOGS = f"{RESULTS}/logs/{{experiment}}/seed{{seed}}"
-EXPERIMENTS = resolve_all(config["experiments"], CONFIGFILE)
+RESULTS = str(plan.results_of(config))
+RUN = f"{RESULTS}/{layout.RUN_PATTERN}"
+LOGS = f"{RESULTS}/{layout.LOG_PATTERN}"
+EXPERIMENTS = plan.resolve_all(config, CONFIGFILE)
 check_data_root(config["data_root"], CONFIGFILE)
 
 

@@ -236,3 +236,26 @@ def test_evaluate_reproduces_the_recorded_test_numbers_of_a_job(write_config, tm
     (job / "summary.json").rename(job / "summary.json.bak")  # as if the job had not finished
     unfinished = ticketbench("evaluate", job)
     assert unfinished.returncode == 2 and "has not finished training" in one_line_error(unfinished)
+
+
+def test_hash_prints_the_config_hash_and_the_run_directory_the_training_commands_default_to(tmp_path, write_config):
+    """With --experiment, the default run directory is the workflow's (results/<config name>/runs/<exp>/seed<S>),
+    and the hash is the one the run records; a plain run config keeps results/runs/<name>-<hash>."""
+    import synthetic_results
+    import yaml
+
+    synthetic_results.write_config(tmp_path / "tiny.yaml")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(*args):
+        return subprocess.run([*TICKETBENCH, *args], capture_output=True, text=True, cwd=tmp_path, env=env, check=True)
+
+    config_hash, run_dir = run("hash", "tiny.yaml", "--experiment", "stab_tiny_k0", "--seed", "0").stdout.split()
+    assert run_dir == "results/tiny/runs/stab_tiny_k0/seed0"
+    run("train", "tiny.yaml", "--experiment", "stab_tiny_k0", "--threads", "1", "--no-progress")
+    assert yaml.safe_load((tmp_path / run_dir / "config.yaml").read_text())["hash"] == config_hash
+    assert (tmp_path / run_dir / "imp" / "level_00" / "summary.json").is_file()
+
+    plain = write_config(tiny_run(), "plain.yaml")
+    config_hash, run_dir = run("hash", str(plain)).stdout.split()
+    assert run_dir == f"results/runs/tiny-{config_hash}"

@@ -121,3 +121,26 @@ def test_the_parser_and_the_runtime_flags_do_not_import_torch():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'pandas', 'matplotlib')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"
+
+
+LOW_FLOORS = {
+    f"{PACKAGE}.layout": set(),
+    f"{PACKAGE}.plan": {f"{PACKAGE}.config", f"{PACKAGE}.layout"},
+}
+"""The run layout and the job plan sit just above the config: Snakemake imports them to build the DAG, and
+the report, the audit and the CLI read paths and jobs from them."""
+
+
+def test_the_run_layout_and_the_job_plan_are_low_floors():
+    g = graph()
+    assert {m: g[m] - allowed for m, allowed in LOW_FLOORS.items()} == {m: set() for m in LOW_FLOORS}
+    for user in (f"{PACKAGE}.imp", f"{PACKAGE}.report.tables", f"{PACKAGE}.report.audit", f"{PACKAGE}.report.document"):
+        assert g[user] & set(LOW_FLOORS), f"{user} spells the layout or the plan itself"
+
+
+def test_the_layout_and_the_plan_do_not_import_torch():
+    """What Snakemake imports at DAG-build time and `ticketbench plan/status` need: no torch, no pandas."""
+    code = ("import sys; import ticketbench.layout, ticketbench.plan; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'pandas', 'matplotlib')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]"

@@ -28,7 +28,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", type=Path, help="run config (YAML), or a workflow config with --experiment and --seed")
     p.add_argument("--experiment", help="experiment id in a workflow config (config/*.yaml)")
     p.add_argument("--seed", type=int, default=0, help="seed of that experiment (default: 0)")
-    p.add_argument("--run-dir", type=Path, help="run directory (default: results/runs/<name>-<config hash>)")
+    p.add_argument("--run-dir", type=Path, help="run directory (default: the workflow's, results/<config name>/runs/"
+                                                "<experiment>/seed<S>, with --experiment; else results/runs/<name>-<hash>)")
     runtime.add_arguments(p, training=True)
 
 
@@ -94,10 +95,26 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "(every job in them that has evaluated); several are overlaid")
     p.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write (its SVG is written beside it)")
 
-    p = sub.add_parser("hash", help="print the run directory name of a config (name-hash)")
+    p = sub.add_parser("hash", help="print a run's config hash and the run directory it maps to (the workflow's, "
+                                    "with --experiment); the hash is what the workflow records as the job's identity")
     p.add_argument("config", type=Path, help="run config (YAML), or a workflow config with --experiment")
     p.add_argument("--experiment", help="experiment id in a workflow config")
     p.add_argument("--seed", type=int, default=0, help="seed of that experiment (default: 0)")
+
+    from .plan import SCHEMA
+
+    p = sub.add_parser("plan", help="the jobs a workflow config plans, per experiment and kind (as snakemake -n counts them)")
+    p.add_argument("config", type=Path, help="workflow config (config/*.yaml)")
+    p.add_argument("--schema", type=Path, default=SCHEMA, help=f"the workflow config's JSON schema (default: {SCHEMA})")
+    p.add_argument("--json", action="store_true", help="print the counts as JSON instead of a table")
+
+    p = sub.add_parser("status", help="done / running / checkpointed / missing for every planned job of a workflow config")
+    p.add_argument("target", type=Path, help="a workflow config (config/N.yaml; its results are results/N), or a results "
+                                             "folder results/N (its config is config/N.yaml unless --config is given)")
+    p.add_argument("--config", type=Path, help="the workflow config of a results folder (default: config/<folder name>.yaml)")
+    p.add_argument("--schema", type=Path, default=SCHEMA, help=f"the workflow config's JSON schema (default: {SCHEMA})")
+    p.add_argument("--all", action="store_true", help="list every job, not only the summary per experiment and kind")
+    p.add_argument("--json", action="store_true", help="print every job's state as JSON lines")
 
     from .report.commands import register  # report, audit
 
@@ -138,8 +155,10 @@ def main(argv: list[str] | None = None) -> int:
 def _open(args: argparse.Namespace) -> Any:
     """The run of a training subcommand: its config, run directory and runtime flags."""
     from .imp import Run
+    from .plan import run_dir_of
 
-    return Run.open(args.config, args.run_dir, runtime.from_args(args), args.experiment, args.seed)
+    run_dir = args.run_dir or (run_dir_of(args.config, args.experiment, args.seed) if args.experiment else None)
+    return Run.open(args.config, run_dir, runtime.from_args(args), args.experiment, args.seed)
 
 
 def _report(summary: dict[str, Any], folder: Path) -> None:
@@ -235,15 +254,90 @@ def cmd_curves(args: argparse.Namespace) -> None:
 
 
 def cmd_hash(args: argparse.Namespace) -> None:
-    from . import config
+    """The config hash (the workflow's ``config_hash`` param, recorded in the run's config.yaml) and the run
+    directory the training commands default to for the same arguments."""
+    from . import config, layout, plan
 
-    cfg = config.load_experiment(args.config, args.experiment, args.seed) if args.experiment else config.load(args.config)
-    print(cfg.run_name())
+    if args.experiment:
+        cfg = config.load_experiment(args.config, args.experiment, args.seed)
+        run_dir = plan.run_dir_of(args.config, args.experiment, args.seed)
+    else:
+        cfg = config.load(args.config)
+        run_dir = layout.standalone_run_dir(cfg.run_name())
+    print(f"{cfg.hash()} {run_dir}")
+
+
+def _plan(path: Path, schema: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    from . import plan
+
+    cfg = plan.load_config(path, schema)
+    return cfg, plan.resolve_all(cfg, str(path))
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    from . import plan
+
+    cfg, experiments = _plan(args.config, args.schema)
+    counts = plan.counts(experiments, plan.results_of(cfg))
+    also = ["report", "all"] if cfg["report"] else ["all"]  # the rules of one job each that snakemake -n adds
+    if args.json:
+        print(json.dumps({"experiments": counts, "total": sum(sum(c.values()) for c in counts.values()),
+                          "snakemake_also_counts": also}, indent=2))
+        return
+    rows = [[eid, kind, str(n)] for eid, per in counts.items() for kind, n in per.items()]
+    rows += [["total", kind, str(sum(per.get(kind, 0) for per in counts.values()))] for kind in plan.KINDS
+             if any(kind in per for per in counts.values())]
+    rows.append(["total", "all", str(sum(sum(per.values()) for per in counts.values()))])
+    print(_table(["experiment", "kind", "jobs"], rows))
+    extra = f"rules {' and '.join(also)} (one job each)" if len(also) > 1 else "rule all (one job)"
+    print(f"\n{args.config}: results in {plan.results_of(cfg)}; snakemake -n counts these jobs and its {extra}")
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from . import plan
+
+    given_config = args.target.suffix in (".yaml", ".yml")
+    path = args.config or (args.target if given_config else Path("config") / f"{args.target.name}.yaml")
+    if not (args.config or given_config or path.is_file()):
+        from .config import ConfigError
+
+        raise ConfigError(f"{args.target}: its workflow config {path} does not exist; name it with --config")
+    cfg, experiments = _plan(path, args.schema)
+    results = plan.results_of(cfg) if given_config else args.target
+    found = [(job, plan.status(job)) for exp in experiments.values() for job in plan.jobs(exp, results)]
+    if args.json:
+        for job, st in found:
+            print(json.dumps({"experiment": job.experiment, "seed": job.seed, "kind": job.kind, "level": job.level,
+                              "replicate": job.replicate, "output": str(job.output), "state": st.state, "step": st.step}))
+        return
+    if args.all:
+        print(_table(["job", "state", "last evaluated step"],
+                     [[str(job.output.parent if job.trains else job.output), st.state,
+                       "" if st.step is None else str(st.step)] for job, st in found]))
+        print()
+    per: dict[tuple[str, str], dict[str, int]] = {}
+    for job, st in found:
+        per.setdefault((job.experiment, job.kind), {s: 0 for s in plan.STATES})[st.state] += 1
+    rows = [[eid, kind, *(str(n[s]) for s in plan.STATES)] for (eid, kind), n in per.items()]
+    rows.append(["total", "all", *(str(sum(st.state == s for _, st in found)) for s in plan.STATES)])
+    print(_table(["experiment", "kind", *plan.STATES], rows))
+    print(f"\n{results} ({path}); running: a job lock held on this machine; checkpointed: interrupted, resumes "
+          f"from its checkpoint")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """Plain text columns: text left-aligned, counts right-aligned."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(row: list[str]) -> str:
+        return "  ".join(c.rjust(w) if c.isdigit() or c == "" else c.ljust(w) for c, w in zip(row, widths)).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
 COMMANDS = {"dense": cmd_dense, "imp": cmd_imp, "branch": cmd_branch, "finetune": cmd_finetune, "pack": cmd_pack,
             "evaluate": cmd_evaluate, "table": cmd_table, "lth-figure": cmd_lth_figure, "curves": cmd_curves,
-            "hash": cmd_hash}
+            "hash": cmd_hash, "plan": cmd_plan, "status": cmd_status}
 
 if __name__ == "__main__":
     sys.exit(main())

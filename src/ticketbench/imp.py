@@ -1,6 +1,6 @@
 """Iterative magnitude pruning with rewinding, and the baselines that branch off each level.
 
-Layout of a run directory (one config, one seed)::
+Layout of a run directory (one config, one seed; the names are ``layout``'s)::
 
     RUN/config.yaml                      resolved config and its hash
     RUN/rewind.pt                        state at the rewind step k (weights, BN statistics, optimizer),
@@ -79,8 +79,9 @@ class Run:
 
     # -- paths -------------------------------------------------------------------------------------
     def level_dir(self, level: int, branch: str = "imp", replicate: int | None = None) -> Path:
-        d = self.root / branch / f"level_{level:02d}"
-        return d / f"rep_{replicate}" if replicate is not None else d
+        from .layout import job_dir
+
+        return job_dir(self.root, branch, level, replicate)
 
     def _claim(self) -> None:
         """Record the config in the run directory, or refuse one that belongs to another config."""

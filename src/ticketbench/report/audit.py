@@ -33,6 +33,7 @@ from typing import Any
 
 import pandas as pd
 
+from .. import layout
 from ..config import COPIES
 
 CHECKS = ("hash", "accuracy", "mask", "start")
@@ -111,7 +112,7 @@ def _audit_run(run: Any, name: str, atol: float) -> list[Finding]:
     # IMP jobs first, copies last: the other branches are checked against IMP's masks, copies of a random
     # baseline against that baseline's.
     rank = lambda p: (p.parts[len(run.root.parts)] != "imp", p.parts[len(run.root.parts)] in COPIES, p)  # noqa: E731
-    for summary_path in sorted(run.root.glob("*/level_*/**/summary.json"), key=rank):
+    for summary_path in sorted(run.root.glob(layout.JOB_GLOB), key=rank):
         folder = summary_path.parent
         job = folder.relative_to(run.root).as_posix()
         s = json.loads(summary_path.read_text())
@@ -182,8 +183,8 @@ def _mask(run, name, job, s, final, stored, kinds, masks) -> Finding:
         bad.append(f"pruned weights are not zero in {nonzero[0]}")
     branch, level = s.get("branch"), s.get("level")
     copied = COPIES.get(branch, branch)  # an SGD-noise copy has the mask of the network it copies
-    dense = masks.get("imp/level_00")
-    imp = masks.get(f"imp/level_{level:02d}") if level is not None else None
+    dense = masks.get(layout.job_path("imp", 0))
+    imp = masks.get(layout.job_path("imp", level)) if level is not None else None
     kept = lambda m: [sum(int(m[n].sum()) for n in names) for names, _ in groups(m, kinds, run.cfg.prune)]  # noqa: E731
     if branch in ("imp", "oneshot", "finetune") and dense is not None:
         want = prune_counts(dense, kinds, run.cfg.prune, levels=level)
@@ -192,7 +193,7 @@ def _mask(run, name, job, s, final, stored, kinds, masks) -> Finding:
     elif copied == "random_prune" and imp is not None:
         if {n: int(m.sum()) for n, m in mask.items()} != {n: int(m.sum()) for n, m in imp.items()}:
             bad.append(f"per-layer counts differ from IMP level {level}'s")
-        baseline = masks.get(run.level_dir(level, "random_prune", 0).relative_to(run.root).as_posix())
+        baseline = masks.get(layout.job_path("random_prune", level, 0))
         if copied != branch and baseline is not None and any(not bool((mask[n] == baseline[n]).all()) for n in baseline):
             bad.append(f"mask differs from the random pruning of level {level} it copies")
     elif copied in ("random_reinit", "imp") and imp is not None:

@@ -154,18 +154,17 @@ class SuiteExperiment:
     run: dict[str, Any]
 
 
-def suite(workflow_config: Path) -> dict[str, SuiteExperiment]:
-    """The paper-scale experiments (``config/config.yaml``), so that a check no experiment selects is
-    told apart from one whose experiment these results lack. Run configs are resolved as the workflow
-    resolves them (:func:`config.experiment_run`); the branches follow the experiment's keys as
-    ``workflow/rules/common.smk`` reads them."""
+def suite(experiments: dict[str, Any], where: str) -> dict[str, SuiteExperiment]:
+    """The paper-scale experiments (``config/config.yaml``'s, as written), so that a check no experiment
+    selects is told apart from one whose experiment these results lack. Run configs are resolved as the
+    workflow resolves them (:func:`config.experiment_run`); the branches follow the experiment's keys as
+    the job plan reads them (``ticketbench.plan``)."""
     from ..config import experiment_run
 
-    experiments = (yaml.safe_load(Path(workflow_config).read_text()) or {}).get("experiments") or {}
     out = {}
     for exp, spec in experiments.items():
         seeds = spec.get("seeds") or [0]
-        run = experiment_run(spec, exp, int(seeds[0]), str(workflow_config)).to_dict()
+        run = experiment_run(spec, exp, int(seeds[0]), where).to_dict()
         out[exp] = SuiteExperiment(spec.get("family", ""), frozenset(branches_of(spec)), run)
     return out
 
@@ -173,8 +172,10 @@ def suite(workflow_config: Path) -> dict[str, SuiteExperiment]:
 def paper_suite(claims_path: Path) -> dict[str, SuiteExperiment] | None:
     """:func:`suite` of the paper-scale workflow config beside the claims file (``config/config.yaml``
     next to ``config/claims.yaml``), or None where there is none (then absence reads NOT_RUN)."""
+    from ..plan import read_config
+
     path = Path(claims_path).parent / "config.yaml"
-    return suite(path) if path.is_file() else None
+    return suite(read_config(path).get("experiments") or {}, str(path)) if path.is_file() else None
 
 
 def branches_of(spec: dict[str, Any]) -> set[str]:

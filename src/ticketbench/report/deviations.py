@@ -63,12 +63,12 @@ def deviations(ours: Mapping[str, Any], paper: Mapping[str, Any]) -> list[Deviat
     return _with_schedule(out, ours, paper)
 
 
-def paper_experiments(workflow_config: Path) -> dict[str, Any]:
-    """The experiments of config/config.yaml, found beside the reduced workflow config; {} if there is none."""
+def paper_config(workflow_config: Path) -> Path | None:
+    """config/config.yaml, found beside the reduced workflow config; None if there is none or it is that file."""
     path = Path(workflow_config).parent / PAPER_CONFIG
     if not path.is_file() or path.resolve() == Path(workflow_config).resolve():
-        return {}
-    return (yaml.safe_load(path.read_text()) or {}).get("experiments") or {}
+        return None
+    return path
 
 
 @dataclass(frozen=True)

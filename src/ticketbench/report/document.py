@@ -28,6 +28,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from .. import plan
 from . import claims as claims_mod
 from . import deviations, tables
 
@@ -157,18 +158,23 @@ def write_document(results: Path, claims_path: Path, scale: str,
     results = Path(results)
     data = read_tables(results)
     jobs = data["jobs"]
-    experiments: dict[str, Any] | None = None
-    paper: dict[str, Any] = {}
+    suite_path = Path(claims_path).parent / deviations.PAPER_CONFIG
+    paper = _paper_experiments(suite_path)
+    suite = claims_mod.suite(paper, str(suite_path)) if paper is not None else None
+    gaps: list[str] | None = None
+    devs: dict[str, deviations.Shrunk] = {}
     if workflow_config is not None:
         text = Path(workflow_config).read_text()
         configs = configs_from_workflow(text, str(workflow_config), jobs)
         experiments = (yaml.safe_load(text) or {}).get("experiments") or {}
-        paper = deviations.paper_experiments(Path(workflow_config))
+        gaps = missing(plan.resolve_all(plan.load_config(workflow_config), str(workflow_config)), data)
+        shrunk = deviations.paper_config(Path(workflow_config))
+        if shrunk is not None:
+            of = paper if shrunk.resolve() == suite_path.resolve() else _paper_experiments(shrunk)
+            devs = deviations.of_workflow(experiments, of) if experiments and of else {}
     else:
         configs = run_configs(results)
-    found = claims_mod.evaluate(claims_mod.load(claims_path), jobs, configs, data, claims_mod.paper_suite(claims_path))
-    gaps = missing(experiments, data) if experiments is not None else None
-    devs = deviations.of_workflow(experiments, paper) if experiments and paper else {}
+    found = claims_mod.evaluate(claims_mod.load(claims_path), jobs, configs, data, suite)
     figs_dir = results / "figures"
     index = pd.read_csv(results / "tables" / "figures.csv") if (results / "tables" / "figures.csv").is_file() else \
         pd.DataFrame(columns=["figure", "drawn", "caption"])
@@ -181,6 +187,12 @@ def write_document(results: Path, claims_path: Path, scale: str,
     return found
 
 
+def _paper_experiments(path: Path) -> dict[str, Any] | None:
+    """The experiments of the paper-scale workflow config (config/config.yaml) as written, read once for both
+    the claims' suite and the deviations; None if there is no such file."""
+    return (plan.read_config(path).get("experiments") or {}) if path.is_file() else None
+
+
 def counts(found: list[claims_mod.Result]) -> dict[str, dict[str, int]]:
     """Verdict counts of the quantitative checks, the direction-only checks and the claims without a
     check (:func:`claims.kind_of`): a reviewer weighs "the paper's 38 % within 10 pp" and "the sign is
@@ -191,39 +203,40 @@ def counts(found: list[claims_mod.Result]) -> dict[str, dict[str, int]]:
     return out
 
 
-def missing(experiments: dict[str, Any], data: dict[str, pd.DataFrame | None]) -> list[str]:
-    """What the workflow config asks for and the tables do not have, one line per experiment and gap:
-    experiments, seeds, IMP levels, branches (baselines, fine-tuning, instability copies) and analyses.
-    A report of partial results must say so before a reviewer reads its verdicts as the suite's."""
+def missing(experiments: dict[str, plan.Experiment], data: dict[str, pd.DataFrame | None]) -> list[str]:
+    """What the workflow config's job plan (``ticketbench.plan``) asks for and the tables do not have, one
+    line per experiment and gap: experiments, seeds, IMP levels, branches (baselines, fine-tuning,
+    instability copies) and analyses. A report of partial results must say so before a reviewer reads its
+    verdicts as the suite's."""
     jobs = data["jobs"]
     out = []
-    for exp, spec in sorted(experiments.items()):
-        have = jobs[jobs["experiment"] == exp]
-        seeds = [int(s) for s in spec.get("seeds") or []]
+    for eid, exp in sorted(experiments.items()):
+        have = jobs[jobs["experiment"] == eid]
+        seeds = list(exp.runs)
         if have.empty:
-            out.append(f"`{exp}`: no job of it in these results")
+            out.append(f"`{eid}`: no job of it in these results")
             continue
         absent = [s for s in seeds if s not in set(have["seed"].astype(int))]
         if absent:
-            out.append(f"`{exp}`: no job of seed {_join(absent)}")
-        levels = int(((spec.get("run") or {}).get("imp") or {}).get("levels", 0))
+            out.append(f"`{eid}`: no job of seed {_join(absent)}")
         for seed in (s for s in seeds if s not in absent):
             imp = set(have[(have["seed"] == seed) & (have["branch"] == "imp")]["level"].astype(int))
-            lacking = [lv for lv in range(levels + 1) if lv not in imp]
+            lacking = [lv for lv in range(exp.levels + 1) if lv not in imp]
             if lacking:
-                out.append(f"`{exp}` seed {seed}: IMP level {_join(lacking)} missing")
-        for branch in sorted(claims_mod.branches_of(spec) - {"imp"}):
+                out.append(f"`{eid}` seed {seed}: IMP level {_join(lacking)} missing")
+        branches = {*exp.baselines, *(["finetune"] if exp.finetune else []), *(b for b, _ in exp.copies)}
+        for branch in sorted(branches):
             lacking = [s for s in seeds if s not in absent and have[(have["seed"] == s) & (have["branch"] == branch)].empty]
             if lacking:
-                out.append(f"`{exp}`: branch {branch} missing for seed {_join(lacking)}")
+                out.append(f"`{eid}`: branch {branch} missing for seed {_join(lacking)}")
         for kind in ANALYSES:
-            if not spec.get(kind):
+            if not getattr(exp, kind):
                 continue
             table = data.get(kind)
-            done = set() if table is None else set(table[table["experiment"] == exp]["seed"].astype(int))
+            done = set() if table is None else set(table[table["experiment"] == eid]["seed"].astype(int))
             lacking = [s for s in seeds if s not in absent and s not in done]
             if lacking:
-                out.append(f"`{exp}`: {kind} analysis missing for seed {_join(lacking)}")
+                out.append(f"`{eid}`: {kind} analysis missing for seed {_join(lacking)}")
     return out
 
 

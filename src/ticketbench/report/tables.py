@@ -1,7 +1,7 @@
 """Tidy tables: one row per observation, read from the stored runs only (never from logs).
 
-A workflow config named N keeps its runs at ``results/N/runs/<experiment>/seed<S>/`` (see ``imp.py``
-for the inside of a run). From there this module builds:
+A workflow config named N keeps its runs at ``results/N/runs/<experiment>/seed<S>/`` (``layout`` names
+every folder and file of a run). From there this module builds:
 
 - ``jobs``: one row per trained network (a job's summary.json), with the run's experiment, family,
   network, dataset, seed and rewind step k;
@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from .. import layout
 from ..analysis.barriers import barrier
 
 RUN_COLUMNS = ["experiment", "family", "group", "network", "dataset", "seed", "rewind_step", "run"]
@@ -54,7 +55,7 @@ class ResultsError(ValueError):
 
 def run_dirs(results: Path) -> list[Path]:
     """The run directories of one workflow config's results: ``results/runs/<experiment>/seed<S>``."""
-    return sorted(p.parent for p in (Path(results) / "runs").glob("*/seed*/config.yaml"))
+    return sorted(p.parent for p in Path(results).glob(layout.RUN_GLOB))
 
 
 def collect(run_dirs: list[Path]) -> pd.DataFrame:
@@ -64,7 +65,7 @@ def collect(run_dirs: list[Path]) -> pd.DataFrame:
     rows = []
     for run in map(Path, run_dirs):
         cfg = _run_config(run)
-        for path in sorted(run.glob("*/level_*/**/summary.json")):
+        for path in sorted(run.glob(layout.JOB_GLOB)):
             s = json.loads(path.read_text())
             rows.append({**{k: s.get(k) for k in JOB_COLUMNS}, "experiment": cfg.get("name"), "run": run.name,
                          "seed": (cfg.get("seeds") or {}).get("init", 0),
@@ -120,7 +121,7 @@ def analysis(results: Path, kind: str, families: dict[str, str] | None = None) -
     frames = []
     for run in run_dirs(results):
         info = run_info(run, families)
-        for path in sorted((run / "analysis" / kind).glob("*level_[0-9][0-9].csv")):
+        for path in sorted((run / layout.ANALYSIS / kind).glob(layout.ANALYSIS_GLOB)):
             try:
                 df = pd.read_csv(path)
             except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
@@ -193,7 +194,7 @@ def _rewind_step(run: Path, cfg: dict[str, Any]) -> float:
     the config's value if it is given in iterations, else NaN."""
     if isinstance(cfg.get("schedule"), dict) and "rewind" in cfg["schedule"]:
         return float(cfg["schedule"]["rewind"])
-    for path in sorted(run.glob("*/level_*/**/summary.json")):
+    for path in sorted(run.glob(layout.JOB_GLOB)):
         s = json.loads(path.read_text())
         if (s.get("branch") not in (None, "finetune") and (s.get("level") or s.get("branch") == "copy")
                 and s.get("reinit_start") != "zero"):  # fresh weights trained from step 0 do not start at k
