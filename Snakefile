@@ -30,6 +30,7 @@ RESULTS = str(plan.results_of(config))
 RUN = f"{RESULTS}/{layout.RUN_PATTERN}"
 LOGS = f"{RESULTS}/{layout.LOG_PATTERN}"
 EXPERIMENTS = plan.resolve_all(config, CONFIGFILE)
+PACKS, BUILT_BY = resolve_packs(config["pack"])
 check_data_root(config["data_root"], CONFIGFILE)
 
 

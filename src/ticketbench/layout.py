@@ -9,6 +9,8 @@ A workflow config named N keeps its results under ``results/N/``::
     RUN/<branch>/level_LL[/rep_R]/                one job: IMP and fine-tuning levels have no replicate,
                                                   baselines and SGD-noise copies do
     RUN/analysis/<kind>/<name>.csv                one analysis table (hessian, instability, successive)
+    results/N/packs/<experiment>/<pack>.json      a pack's manifest: its jobs, all done (workflow key ``pack``)
+    results/N/logs/<experiment>/packs/<pack>.log  the log of a pack
 
 A run config trained without a workflow config goes to ``results/runs/<name>-<hash>``. The package
 (``imp``, ``report``), the CLI and the Snakemake rules all read these names from here, so renaming a
@@ -66,9 +68,28 @@ RUN_GLOB = f"{RUNS}/*/seed*/{RUN_CONFIG}"
 """The config.yaml of every run of a results folder, as a glob relative to it."""
 
 
+def runs_dir(results: str | Path, experiment: str) -> Path:
+    """The folder of an experiment's run directories (``seed<S>`` each), which ``ticketbench pack`` reads."""
+    return Path(results) / RUNS / experiment
+
+
 def run_dir(results: str | Path, experiment: str, seed: int) -> Path:
     """The run directory of one experiment and seed of a workflow config's results folder."""
     return Path(results) / RUN_PATTERN.format(experiment=experiment, seed=seed)
+
+
+def pack_manifest(results: str | Path, experiment: str, pack: str) -> Path:
+    return Path(results) / "packs" / experiment / f"{pack}.json"
+
+
+def pack_log(results: str | Path, experiment: str, pack: str) -> Path:
+    return Path(results) / "logs" / experiment / "packs" / f"{pack}.log"
+
+
+def pack_member(seed: int, branch: str, level: int, replicate: int | None = None) -> str:
+    """A job as ``ticketbench pack`` names it: its directory relative to the experiment's folder of runs
+    (``seed<S>/<branch>/level_LL[/rep_R]``)."""
+    return f"seed{seed}/{job_path(branch, level, replicate)}"
 
 
 def standalone_run_dir(run_name: str) -> Path:

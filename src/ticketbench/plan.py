@@ -391,3 +391,70 @@ def is_locked(path: Path) -> bool:
         return False
     inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     return any(f[1] == "FLOCK" and f[5] == inode for f in (line.split() for line in table.splitlines()) if len(f) > 5)
+
+
+# --------------------------------------------------------------------------------------------------
+# Packs: the training jobs that the plan has side by side, trained by one process each
+# --------------------------------------------------------------------------------------------------
+
+STAGES = ("imp", "branches", "random_copies", "finetune")
+"""The training jobs of one level that can run side by side, each stage needing only earlier ones: the IMP
+level of every seed; the baselines and SGD-noise copies of the IMP subnetwork that branch off it; the copies
+of a random baseline (they start from that baseline's replicate 0); the fine-tuning level."""
+
+
+def needs(branch: str, level: int) -> list[tuple[str, int, int | None]]:
+    """The jobs of the same run that a training job starts from, as (branch, level, replicate): the previous
+    IMP level; the IMP level a branch ablates (every branch reads its mask) and, for a copy of a random
+    baseline, that baseline's replicate 0; the previous fine-tuning level (level 1: the dense network)."""
+    if branch == "imp":
+        return [] if level == 0 else [("imp", level - 1, None)]
+    if branch == "finetune":
+        return [("imp", 0, None) if level == 1 else ("finetune", level - 1, None)]
+    copied = RANDOM_COPIES.get(branch)
+    return [("imp", level, None)] + ([(copied, level, 0)] if copied else [])
+
+
+def stage_of(branch: str) -> str:
+    if branch in ("imp", "finetune"):
+        return branch
+    return "random_copies" if branch in RANDOM_COPIES else "branches"
+
+
+@dataclass(frozen=True)
+class Pack:
+    """Up to ``size`` training jobs of one experiment and stage at one level, trained by ``ticketbench pack``
+    in one process; ``needs`` are the packs that train what its jobs start from."""
+
+    experiment: str
+    name: str
+    jobs: tuple[Job, ...]
+    needs: tuple[str, ...]
+
+    def members(self) -> list[str]:
+        return [layout.pack_member(j.seed, j.branch, j.level, j.replicate) for j in self.jobs]
+
+
+def packs(exp: Experiment, results: str | Path, size: int) -> list[Pack]:
+    """The experiment's training jobs in packs of at most ``size``: per level and stage, jobs of one branch
+    and replicate across seeds first (those share a schedule, so a batched pack steps them together).
+    Named ``<stage>_level_LL_<i>``."""
+    order = {b: i for i, b in enumerate(("imp", "finetune", *BRANCHES))}
+    groups: dict[tuple[int, int], list[Job]] = {}
+    for j in jobs(exp, results):
+        if j.trains:
+            groups.setdefault((j.level, STAGES.index(stage_of(j.branch))), []).append(j)
+    built: list[tuple[str, tuple[Job, ...]]] = []
+    home: dict[tuple, str] = {}
+    for (level, stage), members in sorted(groups.items()):
+        members.sort(key=lambda j: (order[j.branch], j.replicate or 0, j.seed))
+        for i in range(0, len(members), size):
+            name = f"{STAGES[stage]}_{layout.level_name(level)}_{i // size:02d}"
+            chunk = tuple(members[i:i + size])
+            built.append((name, chunk))
+            home.update({(j.seed, j.branch, j.level, j.replicate): name for j in chunk})
+    out = []
+    for name, chunk in built:
+        wanted = {home[(j.seed, *need)] for j in chunk for need in needs(j.branch, j.level)}
+        out.append(Pack(exp.id, name, chunk, tuple(sorted(wanted))))
+    return out

@@ -35,7 +35,7 @@ rule hessian:
     params:
         **ANALYSIS_PARAMS,
         options=cli_options("hessian"),
-        job=lambda wildcards, input: os.path.dirname(input[0]),
+        job=analysed_job,
     shell:
         "ticketbench hessian {params.job} {params.options} -o {output} {params.runtime} > {log} 2>&1"
 
@@ -88,7 +88,7 @@ rule successive:
     params:
         **ANALYSIS_PARAMS,
         options=cli_options("successive"),
-        jobs=job_dirs_of,
+        jobs=lambda wildcards: " ".join(successive_jobs(wildcards)),
     shell:
         "ticketbench interpolate {params.jobs} {params.options}"
         " -o {output.paths} {params.runtime} > {log} 2>&1"

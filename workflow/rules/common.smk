@@ -87,7 +87,77 @@ def job_files(folder):
 
 
 def all_targets():
-    return [t for exp in EXPERIMENTS.values() for t in plan.targets(exp, RESULTS)]
+    return built(t for exp in EXPERIMENTS.values() for t in plan.targets(exp, RESULTS))
+
+
+# --------------------------------------------------------------------------------------------------
+# Packs (config key pack > 1): several training jobs per workflow job (ticketbench.plan.packs)
+# --------------------------------------------------------------------------------------------------
+
+
+def resolve_packs(size):
+    """experiment -> pack name -> plan.Pack, and each packed job's summary -> its pack's manifest."""
+    if size == 1:
+        return {}, {}
+    packs = {
+        eid: {p.name: p for p in plan.packs(exp, RESULTS, size)}
+        for eid, exp in EXPERIMENTS.items()
+    }
+    built_by = {
+        str(j.output): str(layout.pack_manifest(RESULTS, eid, p.name))
+        for eid, by_name in packs.items()
+        for p in by_name.values()
+        for j in p.jobs
+    }
+    return packs, built_by
+
+
+def built(paths):
+    """What stands for the given outputs in the DAG. Lone, a training job's summary.json is its rule's
+    output; packed, the summaries are not declared (their number per pack varies), and the pack's
+    manifest, written when all its jobs are done, stands for each of them. Other paths are themselves."""
+    return list(dict.fromkeys(BUILT_BY.get(str(p), str(p)) for p in paths))
+
+
+def pack_of(wildcards):
+    by_name = PACKS.get(wildcards.experiment, {})
+    if wildcards.pack not in by_name:
+        raise WorkflowConfigError(
+            f"{CONFIGFILE} plans no pack {wildcards.pack!r} of experiment {wildcards.experiment!r} "
+            f"at pack: {config['pack']}"
+        )
+    return by_name[wildcards.pack]
+
+
+def pack_needs(wildcards):
+    p = pack_of(wildcards)
+    return [str(layout.pack_manifest(RESULTS, p.experiment, n)) for n in p.needs]
+
+
+def pack_members(wildcards):
+    return " ".join(pack_of(wildcards).members())
+
+
+def pack_hashes(wildcards):
+    """The runs' identities of a pack's jobs: it reruns when (and only when) one of them changes."""
+    exp, p = EXPERIMENTS[wildcards.experiment], pack_of(wildcards)
+    return sorted({exp.hashes[j.seed] for j in p.jobs})
+
+
+def pack_resource(name):
+    """A pack asks for its jobs' training resources times its size (an upper bound: sequential packs
+    take the sum of their jobs' times, batched packs hold every member's activations at once)."""
+
+    def value(wildcards):
+        exp, p = EXPERIMENTS[wildcards.experiment], pack_of(wildcards)
+        return exp.resources["train"][name] * len(p.jobs)
+
+    return value
+
+
+def runs_of(wildcards, output):
+    """The experiment's folder of run directories (computed from the output: not a rerun trigger)."""
+    return str(layout.runs_dir(RESULTS, wildcards.experiment))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -135,7 +205,7 @@ def analysed_job(wildcards):
 
 
 def analysed_summary(wildcards):
-    return os.path.join(analysed_job(wildcards), "summary.json")
+    return built([os.path.join(analysed_job(wildcards), layout.SUMMARY)])
 
 
 def copy_pairs(branch):
@@ -145,24 +215,24 @@ def copy_pairs(branch):
     def pairs(wildcards):
         copies = branch or wildcards.branch
         n = experiment_of(wildcards).copies[(copies, int(wildcards.level))]
-        return [
+        return built(
             summary(wildcards.experiment, wildcards.seed, copies, wildcards.level, r)
             for r in range(n)
-        ]
+        )
 
     return pairs
 
 
-def successive_pair(wildcards):
+def successive_jobs(wildcards):
     lower = int(wildcards.level)
     return [
-        summary(wildcards.experiment, wildcards.seed, "imp", lv)
+        job_dir(wildcards.experiment, wildcards.seed, "imp", lv)
         for lv in (lower, lower + 1)
     ]
 
 
-def job_dirs_of(wildcards, input):
-    return " ".join(os.path.dirname(f) for f in input)
+def successive_pair(wildcards):
+    return built(os.path.join(d, layout.SUMMARY) for d in successive_jobs(wildcards))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -208,6 +278,11 @@ def cli_options(analysis):
         return " ".join(flag(k, v) for k, v in sorted(opts.items()))
 
     return flags
+
+
+def pack_runtime_flags(wildcards, threads):
+    """A pack's runtime flags: a training job's, and how the pack trains (config pack_mode)."""
+    return f"{runtime_flags(wildcards, threads)} --pack-mode {config['pack_mode']}"
 
 
 def runtime_flags(wildcards, threads):

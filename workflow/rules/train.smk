@@ -1,4 +1,5 @@
-"""Training jobs: one job per trained network (ticketbench dense | imp | branch | finetune).
+"""Training jobs: one job per trained network (ticketbench dense | imp | branch | finetune), or, with
+the config key pack > 1, one job per pack of them (ticketbench pack; rule pack at the end).
 
 Each job's summary.json is written last by ticketbench and marks it done; rewind.pt (the state at the
 rewind step k, shared by every level and branch of a run) is written by level 0. The chains (IMP levels,
@@ -112,3 +113,33 @@ rule finetune:
     shell:
         "ticketbench finetune {params.configfile} --experiment {wildcards.experiment} --seed {wildcards.seed}"
         " --level {wildcards.level} --run-dir {params.run} {params.runtime} > {log} 2>&1"
+
+
+rule pack:
+    """Up to `pack` training jobs of one experiment, level and stage in one process (ticketbench.plan.packs):
+    the IMP level of every seed, the baselines and copies of a level, ... Its output is a manifest that
+    stands for its jobs' summaries in the DAG (common.smk, built). The jobs' files are not declared: a
+    rerun keeps the finished jobs of an interrupted pack and resumes the others from their checkpoints.
+    """
+    input:
+        pack_needs,
+    output:
+        f"{RESULTS}/packs/{{experiment}}/{{pack}}.json",
+    log:
+        f"{RESULTS}/logs/{{experiment}}/packs/{{pack}}.log",
+    wildcard_constraints:
+        pack=r"[a-z_]+_level_\d\d+_\d\d",
+    threads: config["threads"]
+    resources:
+        mem_mb=pack_resource("mem_mb"),
+        runtime=pack_resource("runtime"),
+        gpu=config["gpu"],
+    params:
+        config_hash=pack_hashes,
+        configfile=configfile_of,
+        jobs=pack_members,
+        runs=runs_of,
+        runtime=pack_runtime_flags,
+    shell:
+        "ticketbench pack {params.configfile} --experiment {wildcards.experiment} {params.jobs}"
+        " --runs-dir {params.runs} --manifest {output} {params.runtime} > {log} 2>&1"
