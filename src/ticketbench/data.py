@@ -12,8 +12,8 @@ streams are independent of each other and of initialization. Random numbers are 
 GPU run sees the same batches as a CPU run.
 
 Files are read in their official formats (MNIST/Fashion-MNIST idx, optionally gzipped; CIFAR-10
-python pickles) and checked against official MD5s; see ``_verify``. Decoding and checking cost more than
-a quick job's training loop, so the decoded uint8 tensors are kept as a *prepared dataset* (see
+python pickles) and checked against official MD5s; see ``_verify``. Decompressing and checking them costs
+every job about half a second, so the decoded uint8 tensors are kept as a *prepared dataset* (see
 ``prepared``): one verified file per dataset that later jobs read instead of the sources.
 """
 
