@@ -147,7 +147,7 @@ def child(spec: dict) -> None:
         return real_fit(model, ds, cfg, job, rt, eval_every)
 
     ckpt_label = {"checkpoint": "checkpoint writes", "rewind": "checkpoint writes", "mask": "checkpoint writes",
-                  "model": "final save + summary", data.PREPARED_KIND: "data.load"}
+                  "model": "final save + summary"}
     config.load_experiment = load_experiment
     ph.wrap(config, "load_experiment", "config load")
     imp.fit = fit

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import logging
 import os
 import pickle
@@ -70,7 +71,7 @@ TORCHVISION_FOLDERS = {"mnist": "MNIST/raw", "fashion_mnist": "FashionMNIST/raw"
 # Part of every prepared dataset's key: bump it when the readers' output for the same files changes, so
 # that caches made by the old readers are no longer found.
 DECODER_VERSION = 1
-PREPARED_KIND = "prepared-dataset"
+PREPARED_FORMAT = "ticketbench-prepared-dataset-v1"
 
 
 @dataclass
@@ -223,10 +224,10 @@ def prepared(name: str, root: str | Path | None, verify: bool = True,
     """What :func:`read_official` returns, read from the dataset's prepared file when there is one.
 
     The first job to read a dataset decodes and checks the source files as ``read_official`` does and
-    stores the uint8 tensors in an integrity-checked file (the checkpoint envelope: SHA-256 of the body
-    plus the key below); later jobs read that file instead. uint8 rather than normalized floats: four
-    times smaller, and normalizing on load is the same computation as without the cache, so training
-    sees the same bits. The file is named and checked by a key that identifies the content:
+    stores the uint8 tensors in one file with their SHA-256 and the key below; later jobs read that file
+    instead. uint8 rather than normalized floats: four times smaller, and normalizing on load is the
+    same computation as without the cache, so training sees the same bits. The file is named and
+    checked by a key that identifies the content:
 
     - verified (the default): the official checksums the sources were checked against plus
       ``DECODER_VERSION``. Every verified copy of a dataset is the same data, so the key needs no look at
@@ -235,30 +236,54 @@ def prepared(name: str, root: str | Path | None, verify: bool = True,
       copy gets a new prepared file. Its shapes and labels were checked when it was built.
 
     A prepared file that fails its check is reported in one line, deleted and rebuilt from the sources.
-    Writes are atomic (temporary file + rename), so jobs preparing the same dataset at once are safe:
-    the last rename wins and every writer writes the same tensors. See :func:`prepared_dir` for where
-    the files live.
+    Writes are atomic (``checkpoints.atomic_write``: temporary file + rename), so jobs preparing the same
+    dataset at once are safe: the last rename wins and every writer writes the same tensors. See
+    :func:`prepared_dir` for where the files live.
     """
     folder = locate(name, root, download)
     key = _prepared_key(name, folder, verify)
     path = prepared_dir(folder) / f"{name}-prepared-{key[:16]}.pt"
     if path.is_file():
-        try:
-            t = checkpoints.load(path, kind=PREPARED_KIND, config_hash=key)
+        t = _read_prepared(path, key)
+        if t is not None:
             log.info("%s: prepared tensors read from %s", name, path)
             return (t["train_x"], t["train_y"]), (t["test_x"], t["test_y"])
-        except checkpoints.CheckpointError:
-            log.warning("%s: prepared file %s fails its integrity check; deleted, rebuilding it from %s",
-                        name, path, folder)
-            path.unlink(missing_ok=True)
+        log.warning("%s: prepared file %s fails its integrity check; deleted, rebuilding it from %s", name, path, folder)
+        path.unlink(missing_ok=True)
     (xtr, ytr), (xte, yte) = _decode(name, folder, verify)
+    tensors = {"train_x": xtr, "train_y": ytr, "test_x": xte, "test_y": yte}
+    buf = io.BytesIO()
+    torch.save({"format": PREPARED_FORMAT, "key": key, "sha256": _tensors_sha256(tensors), "tensors": tensors}, buf)
     try:
-        checkpoints.save(path, {"train_x": xtr, "train_y": ytr, "test_x": xte, "test_y": yte},
-                         kind=PREPARED_KIND, config_hash=key)
+        checkpoints.atomic_write(path, buf.getvalue())
         log.info("%s: prepared tensors written to %s", name, path)
     except checkpoints.WriteError as e:  # a cache that cannot be written only costs time
         log.warning("%s: %s; continuing without a prepared file", name, e)
     return (xtr, ytr), (xte, yte)
+
+
+def _read_prepared(path: Path, key: str) -> dict[str, torch.Tensor] | None:
+    """The tensors of a prepared file, or None if it is damaged or not the file of ``key``.
+
+    Not the checkpoint envelope: that pickles its body as a bytes object, which for a dataset-sized body
+    costs more to unpickle than decoding the sources. Here the tensors are stored as tensors and their
+    bytes hashed in place."""
+    try:
+        f = torch.load(path, map_location="cpu", weights_only=True)
+        ok = (isinstance(f, dict) and f.get("format") == PREPARED_FORMAT and f.get("key") == key
+              and _tensors_sha256(f["tensors"]) == f["sha256"])
+    except Exception:  # torch.load raises many types on a damaged file
+        ok = False
+    return f["tensors"] if ok else None
+
+
+def _tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(f"{name} {t.dtype} {tuple(t.shape)}".encode())
+        h.update(t.numpy())
+    return h.hexdigest()
 
 
 def prepared_dir(folder: Path) -> Path:
