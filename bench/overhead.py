@@ -22,7 +22,7 @@ evaluation and save) are measured as they are. The output says which figures are
 Every job runs in a fresh ``python`` subprocess through the real CLI (``cli.main(["imp", ...])``), so
 interpreter start and imports are real. Phases are timed from outside the package, by wrapping the
 functions a job calls (``config.load_experiment``, ``Runtime.apply``, ``data.load``, ``models.build``,
-``train.prepare``, ``train._loop``, ``train.evaluate``, ``checkpoints.save``, ``train._finish``, ...):
+``train.prepare``, ``train.make_optimizer``, ``train._loop``, ``train.evaluate``, ``checkpoints.save``, ``train._finish``, ...):
 each phase is its function's time minus that of the wrapped functions it calls, so phases add up.
 Process start is the child's first timestamp minus the parent's launch time; exit is the parent's
 time after ``wait`` minus the child's last timestamp.
@@ -32,7 +32,7 @@ decoded and MD5-checked, as every job did before them), cold (decoded, checked a
 written) and warm (the prepared file read). The other jobs run warm, the steady state of a workflow.
 Prepared files go to a temporary $TICKETBENCH_CACHE, never to the user's cache.
 
-Run: ``.venv/bin/python bench/overhead.py [--repeats R] [--paper-steps L R] [--quick]``. Writes
+Run: ``.venv/bin/python bench/overhead.py [--jobs JOB ...] [--repeats R] [--paper-steps L R] [--quick]``. Writes
 ``bench/out/overhead.json``.
 """
 
@@ -67,10 +67,9 @@ DATA_MODES = ("no prepared file", "cold", "warm")
 
 # Phases in the order of a job; the labels of the table and JSON.
 PHASES = ["process start", "import torch", "import ticketbench", "CLI parser (its lazy imports)", "config load", "device init", "data.load",
-          "model build", "prepare", "training loop", "evaluations", "checkpoint writes", "final evaluation",
+          "model build", "prepare", "optimizer build", "training loop", "evaluations", "checkpoint writes", "final evaluation",
           "final save + summary", "other (run dir, locks, logging)", "process exit"]
-LOOP_SCALED = {"training loop"}  # scale with steps
-EVAL_SCALED = {"evaluations"}  # scale with evaluation points
+EXTRAPOLATED = {"training loop", "evaluations", "checkpoint writes"}  # the phases that grow with the schedule
 
 
 # --------------------------------------------------------------------------------------------------
@@ -158,6 +157,8 @@ def child(spec: dict) -> None:
         data.prepared = data.read_official
     ph.wrap(models, "build", "model build")
     ph.wrap(train, "prepare", "prepare")
+    # The first optimizer of a process imports torch._dynamo (torch.optim.Optimizer.__init__): an import cost.
+    ph.wrap(train, "make_optimizer", "optimizer build")
     ph.wrap(train, "_loop", "training loop")
     ph.wrap(train, "evaluate", lambda parent, a, k: "final evaluation" if parent == "final save + summary" else "evaluations")
     ph.wrap(checkpoints, "save", lambda parent, a, k: ckpt_label[k["kind"]])
@@ -248,7 +249,7 @@ def print_table(rows: list[dict]) -> None:
     head = ["phase"] + [f"{r['job']}{' (' + r['data_mode'] + ')' if r['data_mode'] != 'warm' else ''}" for r in rows]
     print("\n" + " | ".join(head))
     for p in PHASES:
-        print(" | ".join([p] + [_fmt(r["seconds"][p]) + ("*" if r["extrapolated"] and p in LOOP_SCALED | EVAL_SCALED | {"checkpoint writes"} else "")
+        print(" | ".join([p] + [_fmt(r["seconds"][p]) + ("*" if r["extrapolated"] and p in EXTRAPOLATED else "")
                                 for r in rows]))
     print(" | ".join(["total"] + [_fmt(r["total_seconds"]) for r in rows]))
     print(" | ".join(["not the training loop"] + [f"{100 * r['not_training_fraction']:.0f} %" for r in rows]))
@@ -265,6 +266,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1, help="runs per job; the median is reported (default 1)")
     p.add_argument("--paper-steps", type=int, nargs=2, default=[500, 20], metavar=("LENET", "RESNET20"),
                    help="steps of the paper-scale slices (default 500 20)")
+    p.add_argument("--jobs", nargs="+", default=list(JOBS), choices=list(JOBS), metavar="JOB",
+                   help=f"jobs to measure (default all: {', '.join(JOBS)})")
     p.add_argument("--quick", action="store_true", help="one run per job, short slices: a smoke test")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args()
@@ -294,7 +297,7 @@ def main() -> None:
         os.environ["TICKETBENCH_CACHE"] = str(warm)
         data.prepared("fashion_mnist", None, verify=True)
         data.prepared("cifar10", cifar, verify=False)
-        plan = [("quick LeNet", m) for m in DATA_MODES] + [(j, "warm") for j in JOBS if j != "quick LeNet"]
+        plan = [(j, m) for j in args.jobs for m in (DATA_MODES if j == "quick LeNet" else ("warm",))]
         for name, mode in plan:
             runs = []
             for i in range(args.repeats):
