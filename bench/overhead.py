@@ -86,8 +86,11 @@ class Phases:
         self._stack: list[list] = []  # [label, seconds of nested wrapped calls]
 
     def wrap(self, owner: object, attr: str, label) -> None:
-        fn = getattr(owner, attr)
+        """Replace ``owner.attr`` by a timed version; ``label`` is a phase name, or a function of the
+        enclosing phase and the call's arguments that returns one."""
+        setattr(owner, attr, self.timed(getattr(owner, attr), label))
 
+    def timed(self, fn, label):
         def timed(*args, **kwargs):
             name = label(self._parent(), args, kwargs) if callable(label) else label
             start = time.perf_counter()
@@ -101,7 +104,7 @@ class Phases:
                 if self._stack:
                     self._stack[-1][1] += elapsed
 
-        setattr(owner, attr, timed)
+        return timed
 
     def add(self, name: str, seconds: float) -> None:
         self.seconds[name] = self.seconds.get(name, 0.0) + seconds
@@ -166,11 +169,7 @@ def child(spec: dict) -> None:
     for owner in (train, imp):
         ph.wrap(owner, "atomic_write", lambda parent, a, k: parent if parent == "final save + summary" else "other (run dir, locks, logging)")
 
-    t_cli = time.perf_counter()
-    ph._stack.append(["other (run dir, locks, logging)", 0.0])
-    code = cli.main(spec["argv"])
-    _, nested = ph._stack.pop()
-    ph.add("other (run dir, locks, logging)", time.perf_counter() - t_cli - nested)
+    code = ph.timed(cli.main, "other (run dir, locks, logging)")(spec["argv"])  # what no wrapped phase covers
     out = {"code": code, "t0": T0, "t_end": time.time(), "seconds": ph.seconds, "calls": ph.calls,
            "torch": torch.__version__, "threads": torch.get_num_threads(), "schedule": seen}
     Path(spec["result"]).write_text(json.dumps(out))
