@@ -270,9 +270,13 @@ def test_jobs_preparing_the_same_dataset_at_once_leave_one_sound_file(tmp_path, 
 
 def test_prepared_files_live_beside_writable_sources_else_in_the_home_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("TICKETBENCH_CACHE", raising=False)
-    assert data.prepared_dir(tmp_path) == tmp_path
-    monkeypatch.setattr(data.os, "access", lambda path, mode: False)  # as Debian's /usr/share/datasets
     monkeypatch.setattr(data.Path, "home", lambda: tmp_path / "home")
-    assert data.prepared_dir(tmp_path) == tmp_path / "home" / ".cache" / "ticketbench"
+    home_cache = tmp_path / "home" / ".cache" / "ticketbench"
+    root = tmp_path / "data"
+    (root / "mnist").mkdir(parents=True)
+    assert data.prepared_dir(root / "mnist", root) == root / "mnist"
+    assert data.prepared_dir(tmp_path / "debian", root) == home_cache  # the fallback is outside the root
+    monkeypatch.setattr(data.os, "access", lambda path, mode: False)  # a read-only data root
+    assert data.prepared_dir(root / "mnist", root) == home_cache
     monkeypatch.setenv("TICKETBENCH_CACHE", str(tmp_path / "scratch"))
-    assert data.prepared_dir(tmp_path) == tmp_path / "scratch"
+    assert data.prepared_dir(root / "mnist", root) == tmp_path / "scratch"

@@ -242,7 +242,7 @@ def prepared(name: str, root: str | Path | None, verify: bool = True,
     """
     folder = locate(name, root, download)
     key = _prepared_key(name, folder, verify)
-    path = prepared_dir(folder) / f"{name}-prepared-{key[:16]}.pt"
+    path = prepared_dir(folder, default_root(root)) / f"{name}-prepared-{key[:16]}.pt"
     if path.is_file():
         t = _read_prepared(path, key)
         if t is not None:
@@ -286,14 +286,15 @@ def _tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def prepared_dir(folder: Path) -> Path:
+def prepared_dir(folder: Path, root: Path) -> Path:
     """Where prepared datasets live: $TICKETBENCH_CACHE if set (e.g. node-local scratch on a cluster),
-    else beside the source files if their folder is writable (one copy for every job reading that
-    folder), else ~/.cache/ticketbench (Debian's /usr/share/datasets is read-only). Keys identify the
-    content, so any of these may be shared by jobs, users or copies of the project."""
+    else beside the source files if they are under the data root and their folder is writable (one copy
+    for every job reading that folder), else ~/.cache/ticketbench. The fallback to Debian's
+    /usr/share/datasets is not under the root, so a system package's folder is never written to, not
+    even by root. Keys identify the content, so any of these may be shared by jobs, users and clones."""
     if os.environ.get("TICKETBENCH_CACHE"):
         return Path(os.environ["TICKETBENCH_CACHE"])
-    if os.access(folder, os.W_OK):
+    if folder.is_relative_to(root) and os.access(folder, os.W_OK):
         return folder
     return Path.home() / ".cache" / "ticketbench"
 
