@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,3 +143,140 @@ def test_batches_are_addressed_by_step_and_the_seeds_are_independent(tmp_path):
     assert not torch.equal(epochs[0], epochs[1])  # reshuffled every epoch
     assert sorted(epochs[1].tolist()) == list(range(100))
     assert b.per_epoch == 4 and len(b[3][1]) == 4  # 100 = 3 x 32 + a last batch of 4
+
+
+# --------------------------------------------------------------------------------------------------
+# Prepared datasets
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "prepared"
+    monkeypatch.setenv("TICKETBENCH_CACHE", str(folder))
+    return folder
+
+
+def _no_decoding(monkeypatch):
+    """Make any decoding of the source files fail, so a load that succeeds read the prepared file."""
+    def fail(*args, **kwargs):
+        raise AssertionError("the source files were decoded again")
+    monkeypatch.setattr(data, "_read_bytes", fail)
+    monkeypatch.setattr(data, "_read_cifar", fail)
+
+
+def _same_data(a: data.Data, b: data.Data) -> bool:
+    pairs = [(a.train.x, b.train.x), (a.train.y, b.train.y), (a.test.x, b.test.x), (a.test.y, b.test.y)]
+    pairs += [(a.val.x, b.val.x), (a.val.y, b.val.y)] if a.val is not None else []
+    return all(torch.equal(p, q) and p.dtype == q.dtype for p, q in pairs)
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_a_dataset_is_prepared_once_and_later_loads_do_not_decode_the_sources(tmp_path, cache_dir, monkeypatch, name):
+    (make_mnist if name == "mnist" else make_cifar)(tmp_path / name)
+    cfg = DataConfig(name, validation_size=20, augment=name == "cifar10")
+    first = data.load(cfg, root=tmp_path, verify=False)
+    assert len(list(cache_dir.glob(f"{name}-prepared-*.pt"))) == 1
+    _no_decoding(monkeypatch)
+    assert _same_data(data.load(cfg, root=tmp_path, verify=False), first)
+
+
+def test_a_prepared_dataset_trains_on_the_same_bits_as_the_source_files(tmp_path, cache_dir, monkeypatch):
+    """Normalized in place after the split, from the cache or not: the papers' formula, bit for bit."""
+    make_mnist(tmp_path / "mnist", n_train=300)
+    cfg = DataConfig("mnist", validation_size=50, split_seed=3, train_subset=200)
+    built, cached = data.load(cfg, root=tmp_path, verify=False), data.load(cfg, root=tmp_path, verify=False)
+    monkeypatch.setattr(data, "prepared", data.read_official)  # no cache at all
+    uncached = data.load(cfg, root=tmp_path, verify=False)
+    assert _same_data(built, cached) and _same_data(cached, uncached)
+    (x, _), _ = data.read_official("mnist", tmp_path, verify=False)
+    mean, std = data.NORMALIZATION["mnist"]
+    formula = (x.float() / 255.0 - mean[0]) / std[0]  # the whole set, then split, as the loader once did
+    rows = [r.tobytes() for r in formula.flatten(1).numpy()]
+    assert all(r.tobytes() in rows for r in cached.train.x.flatten(1).numpy())
+
+
+def test_a_verified_dataset_is_found_by_its_official_checksums_without_opening_the_sources(tmp_path, cache_dir,
+                                                                                           monkeypatch):
+    import hashlib
+
+    folder = make_mnist(tmp_path / "mnist", gz=False)
+    official = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+    monkeypatch.setitem(data.IDX_MD5, "mnist", official)  # these tiny files play the official ones
+    monkeypatch.setitem(data.OFFICIAL_SIZES, "mnist", (200, 50))
+    cfg = DataConfig("mnist", validation_size=20)
+    first = data.load(cfg, root=tmp_path, verify=True)
+    _no_decoding(monkeypatch)
+    monkeypatch.setattr(data.Path, "read_bytes", lambda self: pytest.fail(f"{self} was opened"))
+    assert _same_data(data.load(cfg, root=tmp_path, verify=True), first)
+
+
+def test_an_edited_unverified_copy_gets_a_new_prepared_file(tmp_path, cache_dir):
+    make_mnist(tmp_path / "mnist", gz=False, seed=0)
+    before = data.load(DataConfig("mnist", validation_size=0), root=tmp_path, verify=False)
+    make_mnist(tmp_path / "mnist", gz=False, seed=1)  # same names, sizes and shapes; other pixels
+    after = data.load(DataConfig("mnist", validation_size=0), root=tmp_path, verify=False)
+    assert not torch.equal(before.train.x, after.train.x)
+    assert len(list(cache_dir.glob("mnist-prepared-*.pt"))) == 2
+
+
+@pytest.mark.parametrize("damage", ["flip a byte", "truncate"])
+def test_a_corrupt_prepared_file_is_reported_deleted_and_rebuilt(tmp_path, cache_dir, caplog, monkeypatch, damage):
+    make_mnist(tmp_path / "mnist")
+    cfg = DataConfig("mnist", validation_size=20)
+    good = data.load(cfg, root=tmp_path, verify=False)
+    (path,) = cache_dir.glob("mnist-prepared-*.pt")
+    raw = bytearray(path.read_bytes())
+    if damage == "flip a byte":
+        raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw) if damage == "flip a byte" else bytes(raw[: len(raw) // 2]))
+    with caplog.at_level("INFO", logger="ticketbench"):
+        rebuilt = data.load(cfg, root=tmp_path, verify=False)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and str(path) in warnings[0] and "fails its integrity check" in warnings[0]
+    assert "reading" in caplog.text and "written to" in caplog.text  # rebuilt from the sources
+    assert _same_data(rebuilt, good)
+    _no_decoding(monkeypatch)
+    assert _same_data(data.load(cfg, root=tmp_path, verify=False), good)  # and the new file is sound
+
+
+def test_jobs_preparing_the_same_dataset_at_once_leave_one_sound_file(tmp_path, cache_dir, monkeypatch):
+    """Job A has written its whole temporary file when job B prepares the dataset from start to end;
+    then A renames over B's file. Neither ever exposes half a file, and the last writer wins."""
+    make_mnist(tmp_path / "mnist")
+    real_replace, pid, renamed = os.replace, [1111], []
+
+    def replace(src, dst):
+        renamed.append(Path(src).name)
+        if pid[0] == 1111:
+            assert not Path(dst).exists()  # A's bytes are only in its temporary file
+            pid[0] = 2222
+            data.prepared("mnist", tmp_path, verify=False)  # job B
+            assert Path(dst).is_file()
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "getpid", lambda: pid[0])
+    monkeypatch.setattr(os, "replace", replace)
+    data.prepared("mnist", tmp_path, verify=False)  # job A
+    monkeypatch.setattr(os, "replace", real_replace)
+    (target,) = cache_dir.iterdir()  # no temporary file left behind
+    assert renamed == [f".{target.name}.tmp-1111", f".{target.name}.tmp-2222"]
+    _no_decoding(monkeypatch)
+    (x, y), (tx, ty) = data.prepared("mnist", tmp_path, verify=False)
+    monkeypatch.undo()
+    (sx, sy), (stx, sty) = data.read_official("mnist", tmp_path, verify=False)
+    assert torch.equal(x, sx) and torch.equal(y, sy) and torch.equal(tx, stx) and torch.equal(ty, sty)
+
+
+def test_prepared_files_live_beside_writable_sources_else_in_the_home_cache(tmp_path, monkeypatch):
+    monkeypatch.delenv("TICKETBENCH_CACHE", raising=False)
+    monkeypatch.setattr(data.Path, "home", lambda: tmp_path / "home")
+    home_cache = tmp_path / "home" / ".cache" / "ticketbench"
+    root = tmp_path / "data"
+    (root / "mnist").mkdir(parents=True)
+    assert data.prepared_dir(root / "mnist", root) == root / "mnist"
+    assert data.prepared_dir(tmp_path / "debian", root) == home_cache  # the fallback is outside the root
+    monkeypatch.setattr(data.os, "access", lambda path, mode: False)  # a read-only data root
+    assert data.prepared_dir(root / "mnist", root) == home_cache
+    monkeypatch.setenv("TICKETBENCH_CACHE", str(tmp_path / "scratch"))
+    assert data.prepared_dir(root / "mnist", root) == tmp_path / "scratch"
