@@ -174,3 +174,46 @@ def test_status_finds_the_results_of_a_config_by_its_name(tmp_path, capsys, monk
     assert len(rows) == sum(sum(c.values()) for c in plan.counts(resolved(path), "results/tiny").values())
     assert {r["state"] for r in rows} == {"missing"}
     assert all(r["output"].startswith(os.path.join("results", "tiny", "runs")) for r in rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# Packs
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 8])
+def test_packs_hold_every_training_job_once_and_only_need_earlier_packs(tmp_path, size):
+    """Each pack is one level and stage of one experiment; the packs it needs train what its jobs start
+    from (plan.needs), and come before it, so the workflow's DAG of packs has no cycle."""
+    for exp in resolved(tiny(tmp_path)).values():
+        packs = plan.packs(exp, "results/tiny", size)
+        training = [j for j in plan.jobs(exp, "results/tiny") if j.trains]
+        assert sorted(map(str, (j.output for p in packs for j in p.jobs))) == sorted(str(j.output) for j in training)
+        names = [p.name for p in packs]
+        assert len(set(names)) == len(names)
+        home = {(j.seed, j.branch, j.level, j.replicate): p.name for p in packs for j in p.jobs}
+        for i, p in enumerate(packs):
+            assert 1 <= len(p.jobs) <= size
+            assert len({(j.level, plan.stage_of(j.branch)) for j in p.jobs}) == 1
+            assert set(p.needs) <= set(names[:i])
+            assert set(p.needs) == {home[(j.seed, *n)] for j in p.jobs for n in plan.needs(j.branch, j.level)}
+
+
+def test_a_job_starts_from_what_the_papers_rewind_or_prune():
+    assert plan.needs("imp", 0) == []
+    assert plan.needs("imp", 3) == [("imp", 2, None)]
+    assert plan.needs("random_prune", 3) == [("imp", 3, None)]
+    assert plan.needs("copy_random_reinit", 3) == [("imp", 3, None), ("random_reinit", 3, 0)]
+    assert plan.needs("finetune", 1) == [("imp", 0, None)]
+    assert plan.needs("finetune", 2) == [("finetune", 1, None)]
+
+
+def test_packs_put_the_seeds_of_a_level_side_by_side(tmp_path):
+    cfg = workflow_config()
+    cfg["experiments"]["lth_tiny"]["seeds"] = [0, 1, 2]
+    path = tmp_path / "seeds.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    exp = resolved(path)["lth_tiny"]
+    level_1 = next(p for p in plan.packs(exp, "results/tiny", 8) if p.name == "imp_level_01_00")
+    assert level_1.members() == ["seed0/imp/level_01", "seed1/imp/level_01", "seed2/imp/level_01"]
+    assert level_1.needs == ("imp_level_00_00",)

@@ -383,6 +383,43 @@ def test_changing_one_experiment_reruns_only_its_jobs(smoke_done):
     assert {j["rule"] for j in jobs} >= {"report", "all"}
 
 
+def test_packs_replace_the_training_jobs_and_feed_the_analyses(workdir):
+    """pack: P > 1 plans one job per pack of up to P training jobs (ticketbench.plan.packs) and nothing
+    else changes: the analyses and the report wait for the packs that train what they read."""
+    out = snakemake(workdir, "-n", "--printshellcmds", "--configfile", "config/smoke.yaml", "--config", "pack=4").stdout
+    counts = job_counts(out)
+    training = ("dense", "imp_level", "branch", "finetune")
+    assert not set(training) & set(counts)
+    analyses = {k: v for k, v in SMOKE_JOBS.items() if k not in training}
+    assert {k: v for k, v in counts.items() if k != "pack"} == analyses
+    # 3 experiments: level 0, 1 (2) of each chain, the branches of each level, saleem's fine-tuning levels.
+    assert counts["pack"] < sum(SMOKE_JOBS[r] for r in training)
+    commands = re.findall(r"^Shell command: (ticketbench pack .*)$", out, flags=re.M)
+    assert len(commands) == counts["pack"]
+    assert all("--pack-mode auto" in c and "--manifest results/smoke/packs/" in c for c in commands)
+    members = [(re.search(r"--experiment (\S+)", c).group(1), m)
+               for c in commands for m in re.findall(r" (seed\d+/\S+/level_\d\d(?:/rep_\d+)?)", c)]
+    assert len(members) == len(set(members)) == sum(SMOKE_JOBS[r] for r in training)
+
+
+@pytest.mark.slow
+def test_a_packed_workflow_writes_the_tables_of_the_lone_one(smoke_done, tmp_path):
+    """On the CPU a pack trains its jobs one after another in one process (pack_mode auto): the same
+    networks bit for bit, so the tables equal those of one job per network, byte for byte, while each
+    job's summary records the pack it ran in."""
+    for name in ("Snakefile", "workflow", "profiles"):
+        (tmp_path / name).symlink_to(REPO / name)
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    snakemake(tmp_path, "--cores", "2", "--configfile", "config/smoke.yaml", "--config", "pack=4", timeout=1800)
+    lone, packed = smoke_done / "results/smoke/tables", tmp_path / "results/smoke/tables"
+    for table in sorted(lone.glob("*.csv")):
+        assert (packed / table.name).read_bytes() == table.read_bytes(), table.name
+    summary = json.loads(next((tmp_path / "results/smoke/runs").glob("*/seed0/imp/level_01/summary.json")).read_text())
+    assert summary["pack"]["mode"] == "sequential" and summary["pack"]["size"] >= 1
+    assert "Nothing to be done" in snakemake(tmp_path, "--cores", "2", "--configfile", "config/smoke.yaml",
+                                             "--config", "pack=4").stdout
+
+
 @pytest.mark.slow
 def test_a_stopped_workflow_continues_without_recomputing_finished_jobs(workdir):
     """Stopped after saleem's levels 0 and 1 (here: by asking only for them), the full workflow runs

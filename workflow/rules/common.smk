@@ -115,7 +115,8 @@ def resolve_packs(size):
 def built(paths):
     """What stands for the given outputs in the DAG. Lone, a training job's summary.json is its rule's
     output; packed, the summaries are not declared (their number per pack varies), and the pack's
-    manifest, written when all its jobs are done, stands for each of them. Other paths are themselves."""
+    manifest, written when all its jobs are done, stands for each of them. Other paths are themselves.
+    """
     return list(dict.fromkeys(BUILT_BY.get(str(p), str(p)) for p in paths))
 
 
@@ -146,7 +147,8 @@ def pack_hashes(wildcards):
 
 def pack_resource(name):
     """A pack asks for its jobs' training resources times its size (an upper bound: sequential packs
-    take the sum of their jobs' times, batched packs hold every member's activations at once)."""
+    take the sum of their jobs' times, batched packs hold every member's activations at once).
+    """
 
     def value(wildcards):
         exp, p = EXPERIMENTS[wildcards.experiment], pack_of(wildcards)
