@@ -215,8 +215,9 @@ def test_the_paper_dry_run_plans_the_new_jobs(workdir):
 
 def test_quick_runs_the_new_branches_and_both_successive_masks(workdir):
     """The quick run exercises every new job kind: LeNet's finetune chain (LTH App. B), the SGD-noise
-    copies of k20's random baselines, and successive-level interpolation with and without the common mask."""
-    out = snakemake(workdir, "-n", "--printshellcmds", "--configfile", "config/quick.yaml").stdout
+    copies of k20's random baselines, and successive-level interpolation with and without the common mask.
+    Counted one job per network (pack=1; quick packs them, which test_packs_* covers)."""
+    out = snakemake(workdir, "-n", "--printshellcmds", "--configfile", "config/quick.yaml", "--config", "pack=1").stdout
     jobs = scheduled_jobs(out)
     assert sum(j["rule"] == "finetune" and j["experiment"] == "lth_lenet" for j in jobs) == 2 * 10
     analysed = {(j["experiment"], j["branch"], j["level"]) for j in jobs if j["rule"] == "baseline_instability"}
@@ -396,7 +397,7 @@ def test_packs_replace_the_training_jobs_and_feed_the_analyses(workdir):
     assert counts["pack"] < sum(SMOKE_JOBS[r] for r in training)
     commands = re.findall(r"^Shell command: (ticketbench pack .*)$", out, flags=re.M)
     assert len(commands) == counts["pack"]
-    assert all("--pack-mode auto" in c and "--manifest results/smoke/packs/" in c for c in commands)
+    assert all("--pack-mode auto" in c and "--manifest results/smoke/runs/" in c for c in commands)
     members = [(re.search(r"--experiment (\S+)", c).group(1), m)
                for c in commands for m in re.findall(r" (seed\d+/\S+/level_\d\d(?:/rep_\d+)?)", c)]
     assert len(members) == len(set(members)) == sum(SMOKE_JOBS[r] for r in training)

@@ -9,7 +9,8 @@ A workflow config named N keeps its results under ``results/N/``::
     RUN/<branch>/level_LL[/rep_R]/                one job: IMP and fine-tuning levels have no replicate,
                                                   baselines and SGD-noise copies do
     RUN/analysis/<kind>/<name>.csv                one analysis table (hessian, instability, successive)
-    results/N/packs/<experiment>/<pack>.json      a pack's manifest: its jobs, all done (workflow key ``pack``)
+    results/N/runs/<experiment>/packs/<pack>.json a pack's manifest: its jobs, all done (workflow key ``pack``),
+                                                  kept with the runs (and versioned with them)
     results/N/logs/<experiment>/packs/<pack>.log  the log of a pack
 
 A run config trained without a workflow config goes to ``results/runs/<name>-<hash>``. The package
@@ -79,7 +80,7 @@ def run_dir(results: str | Path, experiment: str, seed: int) -> Path:
 
 
 def pack_manifest(results: str | Path, experiment: str, pack: str) -> Path:
-    return Path(results) / "packs" / experiment / f"{pack}.json"
+    return runs_dir(results, experiment) / "packs" / f"{pack}.json"
 
 
 def pack_log(results: str | Path, experiment: str, pack: str) -> Path:

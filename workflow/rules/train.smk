@@ -124,7 +124,7 @@ rule pack:
     input:
         pack_needs,
     output:
-        f"{RESULTS}/packs/{{experiment}}/{{pack}}.json",
+        f"{RESULTS}/{layout.RUNS}/{{experiment}}/packs/{{pack}}.json",
     log:
         f"{RESULTS}/logs/{{experiment}}/packs/{{pack}}.log",
     wildcard_constraints:
