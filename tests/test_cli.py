@@ -252,7 +252,7 @@ def test_hash_prints_the_config_hash_and_the_run_directory_the_training_commands
 
     config_hash, run_dir = run("hash", "tiny.yaml", "--experiment", "stab_tiny_k0", "--seed", "0").stdout.split()
     assert run_dir == "results/tiny/runs/stab_tiny_k0/seed0"
-    run("train", "tiny.yaml", "--experiment", "stab_tiny_k0", "--threads", "1", "--no-progress")
+    run("dense", "tiny.yaml", "--experiment", "stab_tiny_k0", "--threads", "1", "--no-progress")
     assert yaml.safe_load((tmp_path / run_dir / "config.yaml").read_text())["hash"] == config_hash
     assert (tmp_path / run_dir / "imp" / "level_00" / "summary.json").is_file()
 

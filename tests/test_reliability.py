@@ -75,7 +75,7 @@ def _wait_for_progress(run_dir, proc, timeout=60.0) -> bool:
 
 def test_a_nan_loss_stops_the_job_naming_the_step_and_keeps_nothing_diverged(write_config, tmp_path):
     path = write_config(tiny_run(train={"lr": 1e12, "momentum": 0.0}))
-    result = ticketbench("train", path, "--run-dir", tmp_path / "run")
+    result = ticketbench("dense", path, "--run-dir", tmp_path / "run")
     assert result.returncode == 1
     message = one_line_error(result)
     assert "level 0" in message and "step" in message and "learning rate" in message
@@ -125,7 +125,7 @@ def test_disk_full_during_training_exits_cleanly(write_config, tmp_path):
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
         pytest.skip("cannot mount a small tmpfs here (needs root); the unit test above simulates ENOSPC")
     try:
-        result = ticketbench("train", write_config(tiny_run()), "--run-dir", mnt / "run")
+        result = ticketbench("dense", write_config(tiny_run()), "--run-dir", mnt / "run")
         assert result.returncode == 2
         assert "disk is full" in one_line_error(result)
     finally:
