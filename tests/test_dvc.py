@@ -26,7 +26,7 @@ DVC = str(BIN / "dvc")
 PROJECT = ["Snakefile", "workflow", "config", "profiles", "dvc.yaml", "dvc.lock", "results/dvc.yaml",
            "results/dvc.lock", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore", "data/.gitignore",
            "src/ticketbench/config.py", "src/ticketbench/report", "src/ticketbench/analysis/__init__.py",
-           "src/ticketbench/analysis/barriers.py"]
+           "src/ticketbench/analysis/barriers.py", "src/ticketbench/layout.py", "src/ticketbench/plan.py"]
 CONFIGS = ("smoke", "quick")
 TABLES = [f"results/{c}/tables/{t}.csv" for c in CONFIGS for t in ("jobs", "hessian", "instability", "successive")]
 DRAWN = [p for c in CONFIGS for p in (f"results/{c}/tables/figures.csv", f"results/{c}/figures", f"results/{c}/report.md",

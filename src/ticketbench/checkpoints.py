@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from . import layout
+
 FORMAT = "ticketbench-checkpoint-v1"
 
 
@@ -114,7 +116,7 @@ class JobLock:
     the lock when the process dies, so a killed job never leaves a stale lock behind."""
 
     def __init__(self, folder: str | Path):
-        self.path = Path(folder) / ".lock"
+        self.path = Path(folder) / layout.LOCK
         self._fd: int | None = None
 
     def __enter__(self) -> "JobLock":

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import yaml
 
-from . import checkpoints, config, data, models
+from . import checkpoints, config, data, layout, models
 from .checkpoints import CheckpointError, JobLock, atomic_write
 from .config import BRANCHES, COPIES, ConfigError, RunConfig, Schedule, dump
 from .data import Data, stream_seed
@@ -64,7 +64,7 @@ class Run:
         with the same ``datasets`` dict share each dataset (a pack's runs load it once)."""
         cfg = config.load_experiment(config_path, experiment, seed) if experiment else config.load(config_path)
         device = runtime.apply()
-        root = run_dir or Path("results/runs") / cfg.run_name()
+        root = run_dir or layout.standalone_run_dir(cfg.run_name())
         datasets = {} if datasets is None else datasets
         if (cfg.data, device) not in datasets:
             datasets[cfg.data, device] = data.load(cfg.data, device, root=runtime.data_root, verify=runtime.verify,
@@ -79,13 +79,11 @@ class Run:
 
     # -- paths -------------------------------------------------------------------------------------
     def level_dir(self, level: int, branch: str = "imp", replicate: int | None = None) -> Path:
-        from .layout import job_dir
-
-        return job_dir(self.root, branch, level, replicate)
+        return layout.job_dir(self.root, branch, level, replicate)
 
     def _claim(self) -> None:
         """Record the config in the run directory, or refuse one that belongs to another config."""
-        path = self.root / "config.yaml"
+        path = self.root / layout.RUN_CONFIG
         if path.is_file():
             stored = (yaml.safe_load(path.read_text()) or {}).get("hash")
             if stored != self.hash:
@@ -115,7 +113,7 @@ class Run:
         return checkpoints.load(folder / "final.pt", kind="model", config_hash=self.hash)["model"]
 
     def rewind_state(self) -> dict[str, Any]:
-        path = self.root / "rewind.pt"
+        path = self.root / layout.REWIND
         if not path.is_file():
             raise CheckpointError(f"{path}: missing; the dense run (level 0) captures it, run level 0 first")
         return checkpoints.load(path, kind="rewind", config_hash=self.hash)
@@ -156,8 +154,8 @@ class Run:
         names = [n for n, _ in model.named_parameters()]
 
         def snapshot(step: int, net: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
-            checkpoints.remove_stale_temporaries(self.root, "rewind.pt")  # under the level-0 job lock
-            checkpoints.save(self.root / "rewind.pt", {"step": step, "model": _cpu(net.state_dict()),
+            checkpoints.remove_stale_temporaries(self.root, layout.REWIND)  # under the level-0 job lock
+            checkpoints.save(self.root / layout.REWIND, {"step": step, "model": _cpu(net.state_dict()),
                                                        "optimizer": opt.state_dict(), "param_names": names},
                              kind="rewind", config_hash=self.hash)
 

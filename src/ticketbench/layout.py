@@ -25,6 +25,8 @@ from pathlib import Path
 RESULTS = Path("results")
 """Every result lives under this folder, relative to the working directory (the repository)."""
 RUN_CONFIG = "config.yaml"
+REWIND = "rewind.pt"
+"""The state at the rewind step k, written by level 0 and read by every level and branch of the run."""
 SUMMARY = "summary.json"
 """Written last by a training job: it marks the job done."""
 FINAL, MASK, METRICS, CHECKPOINT = "final.pt", "mask.pt", "metrics.csv", "checkpoint.pt"

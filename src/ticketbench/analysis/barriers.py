@@ -13,6 +13,9 @@ from collections.abc import Iterable
 
 import pandas as pd
 
+STABLE_PP = 2.0
+"""LMC Sec. 3: a network is stable to SGD noise when the test-error barrier between its copies is below
+2 percentage points (the claims' default threshold and the line the instability figure draws)."""
 METRICS = ("train_loss", "train_error", "test_loss", "test_error")
 """The metrics evaluated at every point of a path (``interpolation.path``)."""
 

@@ -50,7 +50,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ..analysis.barriers import barrier
+from ..analysis.barriers import STABLE_PP, barrier
 from ..config import COPIES
 from . import tables
 
@@ -926,7 +926,7 @@ def _onset(chk, unit, ctx):
     b = _instability_unit(chk, unit, ctx)
     lv = _instability_level(chk, unit, b)
     rows = b[b["level"] == lv]
-    threshold = chk.get("threshold", 2.0)
+    threshold = chk.get("threshold", STABLE_PP)
     mean = rows.groupby("rewind_step")["barrier"].mean().sort_index()
     stable = mean[mean < threshold]
     ks = list(mean.index)
@@ -969,7 +969,7 @@ def _successive_iff_matching(chk, unit, ctx):
     missing = [m for m in masks if not (s["mask"] == m).any()]
     if missing:
         raise NotRun(f"successive-level interpolation with mask {', '.join(missing)} not run for these runs")
-    threshold, matching = chk.get("threshold", 2.0), chk.get("matching", 0.2)
+    threshold, matching = chk.get("threshold", STABLE_PP), chk.get("matching", 0.2)
     max_density = chk.get("max_density", 1.0)
     metric = _metric(chk, unit)
     density = unit[unit["branch"] == "imp"].groupby("level")["density"].mean()

@@ -29,6 +29,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
+from ..analysis.barriers import STABLE_PP  # noqa: E402
 from ..checkpoints import atomic_write  # noqa: E402
 from .tables import SUCCESSIVE_LOSS  # noqa: E402
 
@@ -204,7 +205,6 @@ def lth_early_stop_figure(jobs: pd.DataFrame, experiment: str, scale: str, out: 
 # --------------------------------------------------------------------------------------------------
 
 
-STABLE_PP = 2.0  # LMC Sec. 3: a network is stable when the error barrier between its copies is < 2 pp
 MIN_K_FOR_A_LINE = 3  # rewind points needed before barriers vs. k are joined into a curve
 
 
