@@ -403,6 +403,19 @@ def test_packs_replace_the_training_jobs_and_feed_the_analyses(workdir):
     assert len(members) == len(set(members)) == sum(SMOKE_JOBS[r] for r in training)
 
 
+def test_the_plan_command_counts_the_packs_snakemake_runs(workdir, capsys):
+    """config/quick.yaml packs its training jobs (pack: 8): `ticketbench plan` counts the workflow's jobs
+    as `snakemake -n` does."""
+    from ticketbench import cli
+
+    counts = job_counts(snakemake(workdir, "-n", "--configfile", "config/quick.yaml").stdout)
+    assert cli.main(["plan", str(REPO / "config/quick.yaml"), "--schema", str(REPO / "workflow/schemas/config.schema.yaml"),
+                     "--json"]) == 0
+    planned = json.loads(capsys.readouterr().out)
+    assert planned["pack"] == 8 and sum(planned["packs"].values()) == counts["pack"]
+    assert planned["workflow_jobs"] == sum(counts.values())
+
+
 @pytest.mark.slow
 def test_a_packed_workflow_writes_the_tables_of_the_lone_one(smoke_done, tmp_path):
     """On the CPU a pack trains its jobs one after another in one process (pack_mode auto): the same

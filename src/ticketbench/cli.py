@@ -278,11 +278,18 @@ def cmd_plan(args: argparse.Namespace) -> None:
     from . import plan
 
     cfg, experiments = _plan(args.config, args.schema)
-    counts = plan.counts(experiments, plan.results_of(cfg))
+    results = plan.results_of(cfg)
+    counts = plan.counts(experiments, results)
     also = ["report", "all"] if cfg["report"] else ["all"]  # the rules of one job each that snakemake -n adds
+    # With pack: P > 1 the workflow runs the training jobs in packs (plan.packs), one workflow job each.
+    packs = {eid: len(plan.packs(exp, results, cfg["pack"])) for eid, exp in experiments.items()}
+    analyses = sum(n for per in counts.values() for kind, n in per.items() if kind in plan.ANALYSES)
+    workflow_jobs = (sum(packs.values()) + analyses if cfg["pack"] > 1
+                     else sum(sum(c.values()) for c in counts.values())) + len(also)
     if args.json:
         print(json.dumps({"experiments": counts, "total": sum(sum(c.values()) for c in counts.values()),
-                          "snakemake_also_counts": also}, indent=2))
+                          "snakemake_also_counts": also, "pack": cfg["pack"], "packs": packs,
+                          "workflow_jobs": workflow_jobs}, indent=2))
         return
     rows = [[eid, kind, str(n)] for eid, per in counts.items() for kind, n in per.items()]
     rows += [["total", kind, str(sum(per.get(kind, 0) for per in counts.values()))] for kind in plan.KINDS
@@ -290,7 +297,12 @@ def cmd_plan(args: argparse.Namespace) -> None:
     rows.append(["total", "all", str(sum(sum(per.values()) for per in counts.values()))])
     print(_table(["experiment", "kind", "jobs"], rows))
     extra = f"rules {' and '.join(also)} (one job each)" if len(also) > 1 else "rule all (one job)"
-    print(f"\n{args.config}: results in {plan.results_of(cfg)}; snakemake -n counts these jobs and its {extra}")
+    if cfg["pack"] > 1:
+        print(f"\n{args.config}: results in {results}; pack: {cfg['pack']}, so the training jobs run as "
+              f"{sum(packs.values())} packs: snakemake -n counts those, the analyses and its {extra} "
+              f"({workflow_jobs} jobs)")
+    else:
+        print(f"\n{args.config}: results in {results}; snakemake -n counts these jobs and its {extra}")
 
 
 def cmd_status(args: argparse.Namespace) -> None:
