@@ -277,8 +277,8 @@ def _timed(step: Callable, batches: Iterator) -> Callable[[int], Seconds]:
 
 def pack_timer(s: Setup, size: int) -> Callable[[int], Seconds]:
     """Time ``train.fit_packed`` on P members of n steps (members differ in data order and augmentation
-    seeds, as the seeds or replicates of a level do), evaluation stubbed. Wall clock: fit_packed's own
-    aggregate images/s (its loop only), returned as seconds per P x n batches."""
+    seeds, as the seeds or replicates of a level do), evaluation stubbed. Wall clock: from the images/s
+    fit_packed records per member (its loop only), the seconds of the pack's P x n batches."""
     runtime = Runtime(device=str(s.device), progress=False, checkpoint_seconds=math.inf)
 
     def run(n: int) -> Seconds:
@@ -290,7 +290,7 @@ def pack_timer(s: Setup, size: int) -> Callable[[int], Seconds]:
                 m.job.out.mkdir()
             c0 = time.process_time()
             summary = train.fit_packed(members, runtime, eval_every=max(n, 1))[0]
-            return n * s.batch * size / summary["images_per_second"], time.process_time() - c0
+            return n * s.batch / summary["images_per_second"], time.process_time() - c0
     return run
 
 

@@ -505,7 +505,7 @@ def fit_packed(members: list[Member], runtime: Runtime, eval_every: int) -> list
     if len({pack_key(m, eval_every) for m in members}) != 1:
         raise ValueError("fit_packed: the members differ in architecture, optimizer, steps or learning rate")
     device = members[0].data.test.x.device
-    size, ident = len(members), pack_identity(members)
+    ident = pack_identity(members)
     stack = _Stack(members, device)
     lone = [_Lone(m, device, runtime.memory_format) for m in members]
     opt = make_optimizer(members[0].cfg.train, stack.parameters())
@@ -517,7 +517,8 @@ def fit_packed(members: list[Member], runtime: Runtime, eval_every: int) -> list
     _loop_packed(stack, opt, members, lone, runtime, eval_every, pos, ckpt_path, ident)
     elapsed = time.monotonic() - t0
     steps = pos[0].step - first
-    speed = steps * members[0].cfg.train.batch_size * size / elapsed if steps > 0 and elapsed > 0 else None
+    # Each member's own rate, as a lone job records it (the pack's aggregate is len(members) times this).
+    speed = steps * members[0].cfg.train.batch_size / elapsed if steps > 0 and elapsed > 0 else None
     weight_shapes = {n: tuple(p.shape) for n, p in lone[0].net.named_parameters() if n in layer_kinds(lone[0].net)}
     summaries = [_finish(lone[i].load(stack.member_state(i)), m.data, m.cfg, m.job, pos[i], lone[i].fmt, weight_shapes,
                          speed) for i, m in enumerate(members)]
