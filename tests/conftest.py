@@ -10,7 +10,6 @@ import os
 import pickle
 import struct
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +19,6 @@ import yaml
 
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-# Prepared datasets (data.py) of the tests' runs go to a folder of this session, not to ~/.cache.
-_PREPARED = tempfile.TemporaryDirectory(prefix="ticketbench-tests-prepared-")
-os.environ.setdefault("TICKETBENCH_CACHE", _PREPARED.name)
 
 REPO = Path(__file__).resolve().parents[1]
 TICKETBENCH = [sys.executable, "-m", "ticketbench.cli"]
