@@ -454,7 +454,7 @@ def test_snakemake_hands_the_local_image_file_to_apptainer_exec(tmp_path):
                         APPTAINER_RECORDER_LOG=str(log))
     assert proc.returncode != 0  # the recorder ran nothing
     (call,) = log.read_text().splitlines()
-    assert call.startswith("exec ") and f" {LOCAL_SIF} bash -c " in call and "ticketbench imp" in call
+    assert call.startswith("exec ") and f" {LOCAL_SIF} bash -c " in call and "ticketbench dense" in call
 
 
 @needs_workflow
