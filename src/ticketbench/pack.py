@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import layout
 from .checkpoints import JobLock
 from .config import BRANCHES, ConfigError
 from .imp import Pending, Run
@@ -67,7 +68,7 @@ class JobName:
 def train(pendings: list[Pending | dict[str, Any]], mode: str) -> list[dict[str, Any]]:
     """Train the unfinished jobs (``Pending``) of a pack in ``mode`` and return every job's summary in
     order (finished ones as they are stored)."""
-    todo = [p for p in pendings if isinstance(p, Pending) and not (p.job.out / "summary.json").is_file()]
+    todo = [p for p in pendings if isinstance(p, Pending) and not (p.job.out / layout.SUMMARY).is_file()]
     if todo:
         ident = pack_identity([_member(p) for p in todo])
         log.info("pack %s: %d of %d jobs to train, %s", ident, len(todo), len(pendings), mode)
