@@ -196,10 +196,11 @@ def cmd_pack(args: argparse.Namespace) -> None:
     from . import pack
 
     names = [pack.JobName.parse(j) for j in args.jobs]
+    rt = runtime.from_args(args)
     runs = pack.open_runs(args.config, args.experiment, sorted({n.seed for n in names}),
-                          str(args.runs_dir / "seed{seed}"), runtime.from_args(args))
+                          str(args.runs_dir / "seed{seed}"), rt)
     pendings = [n.pending(runs[n.seed]) for n in names]
-    mode = runtime.from_args(args).pack_mode_on(next(iter(runs.values())).data.test.x.device)
+    mode = rt.pack_mode_on(next(iter(runs.values())).data.test.x.device)
     summaries = pack.train(pendings, mode)
     for name, summary in zip(args.jobs, summaries):
         _report(summary, args.runs_dir / name)

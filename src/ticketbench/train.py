@@ -207,16 +207,7 @@ def _loop(model: nn.Module, opt: torch.optim.Optimizer, masked: MaskedParameters
             if step in job.snapshots and job.on_snapshot is not None and not pos.evaluated:
                 job.on_snapshot(step, model, opt)
             if (step % eval_every == 0 or step in (job.start, job.end)) and not pos.evaluated:
-                if pos.loss_n:
-                    _check_finite(float(pos.loss_sum), job.label, step, job.out)
-                pos.rows.append(_metrics_row(model, data, step, batches.per_epoch, job.lr(step),
-                                             float(pos.loss_sum / pos.loss_n) if pos.loss_n else math.nan, channels_last))
-                pos.loss_sum.zero_()
-                pos.loss_n = 0
-                if not math.isfinite(pos.rows[-1]["test_loss"]):
-                    raise TrainingDiverged(f"{job.label}: test loss is not finite at step {step}; the weights diverged "
-                                           f"(last good checkpoint kept in {job.out})")
-                watch.evaluated(pos.rows)
+                _evaluate(model, data, job, pos, batches.per_epoch, step, channels_last, watch, job.out)
             if step == job.end:
                 break
             if term.raised or time.monotonic() - last_ckpt > runtime.checkpoint_seconds:
@@ -314,6 +305,24 @@ def _metrics_row(model: nn.Module, data: Data, step: int, per_epoch: int, lr: fl
     test = evaluate(model, data.test, channels_last=channels_last)
     return {"step": step, "epoch": step / per_epoch, "lr": lr, "train_loss": train_loss,
             "val_loss": val[0], "val_acc": val[1], "test_loss": test[0], "test_acc": test[1]}
+
+
+def _evaluate(model: nn.Module, data: Data, job: Job, pos: _Position, per_epoch: int, step: int, channels_last: bool,
+              watch: _Watch, kept: Path) -> None:
+    """The evaluation row of ``job`` at ``step`` (a lone job's, or a pack member's on its lone network):
+    appended to ``pos.rows`` with the mean training loss since the last one, shown by ``watch``. A
+    non-finite loss stops the job, naming ``kept``, the folder of its last good checkpoint."""
+    if pos.loss_n:
+        _check_finite(float(pos.loss_sum), job.label, step, kept)
+    pos.rows.append(_metrics_row(model, data, step, per_epoch, job.lr(step),
+                                 float(pos.loss_sum / pos.loss_n) if pos.loss_n else math.nan, channels_last))
+    pos.loss_sum.zero_()
+    pos.loss_n = 0
+    if not math.isfinite(pos.rows[-1]["test_loss"]):
+        raise TrainingDiverged(f"{job.label}: test loss is not finite at step {step}; the weights diverged "
+                               f"(last good checkpoint kept in {kept})")
+    watch.evaluated(pos.rows)
+    pos.evaluated = True
 
 
 def _check_finite(loss_sum: float, label: str, step: int, out: Path) -> None:
@@ -569,7 +578,8 @@ def _loop_packed(stack: _Stack, opt: torch.optim.Optimizer, members: list[Member
                         if snap:
                             m.job.on_snapshot(step, net, lone[i].optimizer(stack.member_optimizer(opt_state, i)))
                         if due:
-                            _evaluated(net, m, pos[i], batches[i].per_epoch, step, lone[i].fmt, watches[i])
+                            _evaluate(net, m.data, m.job, pos[i], batches[i].per_epoch, step,
+                                      lone[i].fmt == torch.channels_last, watches[i], ckpt_path.parent)
                     loss_sums = torch.stack([p.loss_sum for p in pos])
             if step == job0.end:
                 break
@@ -608,30 +618,12 @@ def _unstack_losses(loss_sums: torch.Tensor, pos: list[_Position]) -> None:
         p.loss_sum = loss_sums[i].clone()
 
 
-def _evaluated(net: nn.Module, m: Member, pos: _Position, per_epoch: int, step: int, fmt: torch.memory_format,
-               watch: _Watch) -> None:
-    """A member's evaluation row at ``step``, exactly as ``_loop`` records a lone job's."""
-    job = m.job
-    if pos.loss_n:
-        _check_finite(float(pos.loss_sum), job.label, step, job.out)
-    pos.rows.append(_metrics_row(net, m.data, step, per_epoch, job.lr(step),
-                                 float(pos.loss_sum / pos.loss_n) if pos.loss_n else math.nan,
-                                 fmt == torch.channels_last))
-    pos.loss_sum.zero_()
-    pos.loss_n = 0
-    if not math.isfinite(pos.rows[-1]["test_loss"]):
-        raise TrainingDiverged(f"{job.label}: test loss is not finite at step {step}; the weights diverged "
-                               f"(last good checkpoint of its pack kept in {job.out})")
-    watch.evaluated(pos.rows)
-    pos.evaluated = True
-
-
 def _save_pack(stack: _Stack, opt: torch.optim.Optimizer, members: list[Member], pos: list[_Position], path: Path,
                ident: str, step: int) -> None:
     """One checkpoint for the whole pack, each member's part in a lone checkpoint's format."""
     for m, p in zip(members, pos):
         if p.loss_n:  # never checkpoint a diverged state
-            _check_finite(float(p.loss_sum), m.job.label, step, m.job.out)
+            _check_finite(float(p.loss_sum), m.job.label, step, path.parent)
     opt_state = opt.state_dict()
     parts = [{"model": stack.member_state(i), "optimizer": stack.member_optimizer(opt_state, i), "rows": p.rows,
               "train_loss": (float(p.loss_sum), p.loss_n)} for i, p in enumerate(pos)]
