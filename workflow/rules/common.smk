@@ -141,7 +141,8 @@ def pack_members(wildcards):
 
 def pack_hashes(wildcards):
     """The runs' identities of a pack's jobs: it reruns when (and only when) one of them changes."""
-    exp, p = EXPERIMENTS[wildcards.experiment], pack_of(wildcards)
+    p = pack_of(wildcards)  # one line naming an unknown pack or experiment
+    exp = EXPERIMENTS[p.experiment]
     return sorted({exp.hashes[j.seed] for j in p.jobs})
 
 
@@ -151,7 +152,8 @@ def pack_resource(name):
     """
 
     def value(wildcards):
-        exp, p = EXPERIMENTS[wildcards.experiment], pack_of(wildcards)
+        p = pack_of(wildcards)  # one line naming an unknown pack or experiment
+        exp = EXPERIMENTS[p.experiment]
         return exp.resources["train"][name] * len(p.jobs)
 
     return value
