@@ -63,7 +63,14 @@ IDX_MD5 = {
         "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
         "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
     },
-    "mnist": {},
+    # MNIST: the official files (LeCun, Cortes, Burges), checked against the copy torchvision's MNIST/raw
+    # folder holds uncompressed; the official .gz archives' MD5s (torchvision's list) are accepted too.
+    "mnist": {
+        "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+        "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+        "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+        "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+    },
 }
 SHAPES = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32)}  # (channels, height, width)
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

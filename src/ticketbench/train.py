@@ -207,7 +207,7 @@ def _loop(model: nn.Module, opt: torch.optim.Optimizer, masked: MaskedParameters
             if step in job.snapshots and job.on_snapshot is not None and not pos.evaluated:
                 job.on_snapshot(step, model, opt)
             if (step % eval_every == 0 or step in (job.start, job.end)) and not pos.evaluated:
-                _evaluate(model, data, job, pos, batches.per_epoch, step, channels_last, watch, job.out)
+                _evaluate(model, data, job, pos, batches.per_epoch, step, channels_last, watch, job.out, runtime.test_eval)
             if step == job.end:
                 break
             if term.raised or time.monotonic() - last_ckpt > runtime.checkpoint_seconds:
@@ -275,9 +275,10 @@ class _Watch:
         done, elapsed = row["step"] - self.step0, time.monotonic() - self.t0
         speed = done / elapsed if done > 0 and elapsed > 0 else math.nan
         eta = (job.end - row["step"]) / speed if math.isfinite(speed) and speed > 0 else math.nan
-        val = f" val acc {row['val_acc']:.4f}" if math.isfinite(row["val_acc"]) else ""
-        log.info("%s: step %d/%d train loss %.4f%s test acc %.4f, %s img/s, ETA %s", job.label, row["step"], job.end,
-                 row["train_loss"], val, row["test_acc"], f"{speed * self.batch_size:,.0f}" if math.isfinite(speed) else "-",
+        val = f" val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}" if math.isfinite(row["val_acc"]) else ""
+        test = f" test acc {row['test_acc']:.4f}" if math.isfinite(row["test_acc"]) else ""
+        log.info("%s: step %d/%d train loss %.4f%s%s, %s img/s, ETA %s", job.label, row["step"], job.end,
+                 row["train_loss"], val, test, f"{speed * self.batch_size:,.0f}" if math.isfinite(speed) else "-",
                  _duration(eta))
 
 
@@ -300,27 +301,36 @@ def early_stop(metrics: pd.DataFrame) -> dict[str, Any]:
 
 
 def _metrics_row(model: nn.Module, data: Data, step: int, per_epoch: int, lr: float, train_loss: float,
-                 channels_last: bool) -> dict[str, Any]:
+                 channels_last: bool, test_if_best: float | None = None) -> dict[str, Any]:
+    """One evaluation row. With ``test_if_best`` (the lowest validation loss so far), the test set is
+    evaluated only if this validation loss is lower: the rows early stopping can pick (the first minimum,
+    ``early_stop``) then all have their test numbers; the others record NaN."""
     val = evaluate(model, data.val, channels_last=channels_last) if data.val is not None else (math.nan, math.nan)
-    test = evaluate(model, data.test, channels_last=channels_last)
+    skip = test_if_best is not None and data.val is not None and not val[0] < test_if_best
+    test = (math.nan, math.nan) if skip else evaluate(model, data.test, channels_last=channels_last)
     return {"step": step, "epoch": step / per_epoch, "lr": lr, "train_loss": train_loss,
             "val_loss": val[0], "val_acc": val[1], "test_loss": test[0], "test_acc": test[1]}
 
 
 def _evaluate(model: nn.Module, data: Data, job: Job, pos: _Position, per_epoch: int, step: int, channels_last: bool,
-              watch: _Watch, kept: Path) -> None:
+              watch: _Watch, kept: Path, test_eval: str) -> None:
     """The evaluation row of ``job`` at ``step`` (a lone job's, or a pack member's on its lone network):
     appended to ``pos.rows`` with the mean training loss since the last one, shown by ``watch``. A
     non-finite loss stops the job, naming ``kept``, the folder of its last good checkpoint."""
     if pos.loss_n:
         _check_finite(float(pos.loss_sum), job.label, step, kept)
-    pos.rows.append(_metrics_row(model, data, step, per_epoch, job.lr(step),
-                                 float(pos.loss_sum / pos.loss_n) if pos.loss_n else math.nan, channels_last))
+    best = None
+    if test_eval == "early-stop" and step != job.end:
+        best = min((r["val_loss"] for r in pos.rows if math.isfinite(r["val_loss"])), default=math.inf)
+    row = _metrics_row(model, data, step, per_epoch, job.lr(step),
+                       float(pos.loss_sum / pos.loss_n) if pos.loss_n else math.nan, channels_last, best)
+    pos.rows.append(row)
     pos.loss_sum.zero_()
     pos.loss_n = 0
-    if not math.isfinite(pos.rows[-1]["test_loss"]):
-        raise TrainingDiverged(f"{job.label}: test loss is not finite at step {step}; the weights diverged "
-                               f"(last good checkpoint kept in {kept})")
+    evaluated = "test_loss" if math.isfinite(row["test_loss"]) or data.val is None else "val_loss"
+    if not math.isfinite(row[evaluated]):
+        raise TrainingDiverged(f"{job.label}: {evaluated.replace('_', ' ')} is not finite at step {step}; the weights "
+                               f"diverged (last good checkpoint kept in {kept})")
     watch.evaluated(pos.rows)
     pos.evaluated = True
 
@@ -579,7 +589,7 @@ def _loop_packed(stack: _Stack, opt: torch.optim.Optimizer, members: list[Member
                             m.job.on_snapshot(step, net, lone[i].optimizer(stack.member_optimizer(opt_state, i)))
                         if due:
                             _evaluate(net, m.data, m.job, pos[i], batches[i].per_epoch, step,
-                                      lone[i].fmt == torch.channels_last, watches[i], ckpt_path.parent)
+                                      lone[i].fmt == torch.channels_last, watches[i], ckpt_path.parent, runtime.test_eval)
                     loss_sums = torch.stack([p.loss_sum for p in pos])
             if step == job0.end:
                 break

@@ -286,7 +286,12 @@ def cli_options(analysis):
 
 def pack_runtime_flags(wildcards, threads):
     """A pack's runtime flags: a training job's, and how the pack trains (config pack_mode)."""
-    return f"{runtime_flags(wildcards, threads)} --pack-mode {config['pack_mode']}"
+    return f"{training_runtime_flags(wildcards, threads)} --pack-mode {config['pack_mode']}"
+
+
+def training_runtime_flags(wildcards, threads):
+    """A training job's runtime flags: every job's, and when it evaluates the test set (config test_eval)."""
+    return f"{runtime_flags(wildcards, threads)} --test-eval {config['test_eval']}"
 
 
 def runtime_flags(wildcards, threads):

@@ -18,7 +18,7 @@ TRAINING_PARAMS = {
     "config_hash": config_hash,
     "configfile": configfile_of,
     "run": run_of,
-    "runtime": runtime_flags,
+    "runtime": training_runtime_flags,
 }
 
 
