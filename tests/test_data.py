@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -59,9 +61,10 @@ def test_truncated_or_corrupt_files_are_reported(tmp_path):
         data.read_official("mnist", tmp_path, verify=False)
 
 
-def test_missing_dataset_says_where_it_looked(tmp_path):
-    with pytest.raises(DatasetError, match="not found.*--download"):
+def test_missing_dataset_says_where_it_looked_and_what_to_run(tmp_path):
+    with pytest.raises(DatasetError, match=r"not found.*ticketbench download cifar10.*--data-root.*TICKETBENCH_DATA") as e:
         data.read_official("cifar10", tmp_path, verify=False)
+    assert str(tmp_path / "cifar-10-batches-bin") in str(e.value) and "\n" not in str(e.value)
 
 
 @pytest.mark.skipif(not data.DEBIAN_FASHION_MNIST.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
@@ -280,3 +283,283 @@ def test_prepared_files_live_beside_writable_sources_else_in_the_home_cache(tmp_
     assert data.prepared_dir(root / "mnist", root) == home_cache
     monkeypatch.setenv("TICKETBENCH_CACHE", str(tmp_path / "scratch"))
     assert data.prepared_dir(root / "mnist", root) == tmp_path / "scratch"
+
+
+# --------------------------------------------------------------------------------------------------
+# The official files: CIFAR-10's two versions, checksums, pickles, downloading
+# --------------------------------------------------------------------------------------------------
+
+CIFAR_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+REAL = os.environ.get("TICKETBENCH_DATA")
+
+
+def make_cifar_binary(folder: Path, per_batch: int = 20, seed: int = 0) -> Path:
+    """CIFAR-10's binary version of the batches ``make_cifar`` pickles (the same images and labels): per
+    image one label byte, then its 3,072 pixels, the R, G and B planes."""
+    make_cifar(folder, per_batch, seed)
+    for name in CIFAR_BATCHES:
+        d = pickle.loads((folder / name).read_bytes())  # our own test file: plain pickle is fine here
+        records = np.column_stack([np.asarray(d["labels"], dtype=np.uint8), d["data"]])
+        (folder / f"{name}.bin").write_bytes(records.tobytes())
+        (folder / name).unlink()
+    return folder
+
+
+@pytest.fixture
+def official_copies(tmp_path, monkeypatch):
+    """Tiny MNIST (idx and .gz) and CIFAR-10 (binary) copies that play the official files: their checksums
+    are patched in as the official ones, so only a change to their bytes can fail verification."""
+    idx = make_mnist(tmp_path / "idx" / "mnist", gz=False)
+    gz = make_mnist(tmp_path / "gz" / "mnist", gz=True)
+    cifar = make_cifar_binary(tmp_path / "bin" / "cifar-10-batches-bin")
+    monkeypatch.setitem(data.IDX_MD5, "mnist", {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in idx.iterdir()})
+    monkeypatch.setattr(data, "CIFAR10_BINARY_MD5", {p.name: hashlib.md5(p.read_bytes()).hexdigest()
+                                                     for p in sorted(cifar.iterdir())})
+    monkeypatch.setitem(data.OFFICIAL_SIZES, "mnist", (200, 50))
+    monkeypatch.setitem(data.OFFICIAL_SIZES, "cifar10", (100, 20))
+    return {"mnist": idx.parent, "mnist.gz": gz.parent, "cifar10": cifar.parent}
+
+
+def test_cifar_binary_reader_gives_the_tensors_the_python_version_gives(tmp_path):
+    make_cifar(tmp_path / "py" / "cifar10")
+    folder = make_cifar_binary(tmp_path / "bin" / "cifar-10-batches-bin")
+    (x, y), (tx, ty) = data.read_official("cifar10", tmp_path / "bin", verify=False)
+    (px, py), (ptx, pty) = data.read_official("cifar10", tmp_path / "py", verify=False)
+    for ours, theirs in ((x, px), (y, py), (tx, ptx), (ty, pty)):
+        assert torch.equal(ours, theirs) and ours.dtype == theirs.dtype
+    assert x.dtype == torch.uint8 and x.shape == (100, 3, 32, 32) and y.dtype == torch.int64 and tx.shape == (20, 3, 32, 32)
+    raw = (folder / "data_batch_2.bin").read_bytes()
+    record = 3 * 3073  # the 4th image of batch 2, the 24th training image
+    assert y[23].item() == raw[record] and x[23, 2, 5, 7].item() == raw[record + 1 + 2 * 1024 + 5 * 32 + 7]
+
+
+@pytest.mark.parametrize("layout", ["cifar-10-batches-bin", "cifar10/cifar-10-batches-bin", "cifar10", "."])
+def test_cifar_binary_version_is_found_where_the_archive_puts_it_and_preferred_over_the_python_version(tmp_path, layout):
+    make_cifar(tmp_path / "cifar-10-batches-py", seed=1)  # torchvision's folder, found first if it were looked for first
+    make_cifar_binary(tmp_path / layout)
+    assert data.locate("cifar10", tmp_path) == tmp_path / layout
+    (x, _), _ = data.read_official("cifar10", tmp_path, verify=False)
+    (bx, _), _ = data.read_official("cifar10", tmp_path / layout, verify=False)
+    assert torch.equal(x, bx)
+
+
+@pytest.mark.parametrize("layout", ["cifar-10-batches-py", "cifar10/cifar-10-batches-py", "cifar10", "."])
+def test_cifar_python_version_is_still_found_where_no_binary_version_is(tmp_path, layout):
+    make_cifar(tmp_path / layout)
+    assert data.locate("cifar10", tmp_path) == tmp_path / layout
+
+
+def test_the_official_copies_pass_verification(official_copies):
+    for name, root in official_copies.items():
+        data.read_official(name.split(".")[0], root, verify=True)
+
+
+@pytest.mark.parametrize("file", [f"mnist/{f}" for pair in data.IDX_FILES.values() for f in pair]
+                         + [f"mnist.gz/{f}.gz" for pair in data.IDX_FILES.values() for f in pair]
+                         + [f"cifar10/{f}.bin" for f in CIFAR_BATCHES])
+def test_one_flipped_byte_in_any_dataset_file_is_refused_in_one_line_naming_the_file(official_copies, file):
+    copy, name = file.split("/")
+    path = next(official_copies[copy].rglob(name))
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) * 2 // 3] ^= 0x01
+    path.write_bytes(raw)
+    with pytest.raises(DatasetError) as e:
+        data.read_official(copy.split(".")[0], official_copies[copy], verify=True)
+    assert str(e.value).startswith(str(path)) and "\n" not in str(e.value) and "re-download" in str(e.value)
+
+
+def test_a_gz_is_checked_by_its_content_so_only_its_header_timestamp_and_os_bytes_may_differ(official_copies):
+    """The official checksums are of the decompressed bytes (distributors recompress): a .gz is refused on
+    any changed byte except MTIME, XFL and OS (header bytes 4-9), which do not touch the content."""
+    root = official_copies["mnist.gz"]
+    path = root / "mnist" / "t10k-labels-idx1-ubyte.gz"
+    good = path.read_bytes()
+    refused = []
+    for i in range(len(good)):
+        flipped = bytearray(good)
+        flipped[i] ^= 0xFF
+        path.write_bytes(flipped)
+        try:
+            data.read_official("mnist", root, verify=True)
+        except DatasetError as e:
+            assert str(e).startswith(str(path)) and "\n" not in str(e)
+            refused.append(i)
+    assert refused == [i for i in range(len(good)) if i not in range(4, 10)]
+
+
+def test_a_recompressed_copy_of_the_official_idx_files_is_accepted(official_copies):
+    root = official_copies["mnist"]
+    expected = data.read_official("mnist", root, verify=True)
+    for path in (root / "mnist").iterdir():
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes(), compresslevel=1, mtime=12345))
+        path.unlink()
+    (x, y), (tx, ty) = data.read_official("mnist", root, verify=True)
+    assert all(torch.equal(a, b) for a, b in zip((x, y, tx, ty), (*expected[0], *expected[1])))
+
+
+def test_cifar_binary_sizes_and_labels_are_checked_without_verification(tmp_path):
+    folder = make_cifar_binary(tmp_path / "cifar-10-batches-bin")
+    path = folder / "data_batch_4.bin"
+    raw = path.read_bytes()
+    path.write_bytes(raw[:-1])
+    with pytest.raises(DatasetError, match=r"data_batch_4.bin: 61459 bytes is not a whole number of 3,073-byte"):
+        data.read_official("cifar10", tmp_path, verify=False)
+    path.write_bytes(bytes([10]) + raw[1:])
+    with pytest.raises(DatasetError, match=r"data_batch_4.bin: label 10 is out of range 0-9"):
+        data.read_official("cifar10", tmp_path, verify=False)
+
+
+def test_cifar_versions_get_prepared_files_and_official_checksums_of_their_own(tmp_path, cache_dir, official_copies):
+    make_cifar(tmp_path / "py" / "cifar10")
+    binary = official_copies["cifar10"] / "cifar-10-batches-bin"
+    assert data._official_checksums("cifar10", binary) == data.CIFAR10_BINARY_MD5
+    assert set(data._official_checksums("cifar10", tmp_path / "py" / "cifar10")) == set(CIFAR_BATCHES)
+    cfg = DataConfig("cifar10", validation_size=20)
+    from_binary = data.load(cfg, root=official_copies["cifar10"], verify=True)
+    assert _same_data(data.load(cfg, root=tmp_path / "py", verify=False), from_binary)
+    assert len(list(cache_dir.glob("cifar10-prepared-*.pt"))) == 2
+
+
+def test_the_cifar_binary_md5s_are_the_official_ones_of_the_six_files():
+    assert list(data.CIFAR10_BINARY_MD5) == [f"{f}.bin" for f in CIFAR_BATCHES]
+    assert data.CIFAR10_BINARY_MD5["data_batch_1.bin"] == "5dd7e06a14cb22eb9f671a540d1b7c25"
+    assert data.CIFAR10_BINARY_MD5["test_batch.bin"] == "803d5f7f4d78ea53de84dbe85f74fb6d"
+
+
+# The python version: pickles, read by an unpickler that builds arrays and nothing else
+
+
+class _Call:
+    """An object whose unpickling calls ``fn(arg)``: what a malicious pickle does."""
+
+    def __init__(self, fn, arg):
+        self.fn, self.arg = fn, arg
+
+    def __reduce__(self):
+        return self.fn, (self.arg,)
+
+
+@pytest.mark.parametrize("verify", [False, True])
+@pytest.mark.parametrize("attack", ["os.system", "builtins.eval"])
+def test_a_malicious_cifar_pickle_is_refused_in_one_line_and_runs_nothing(tmp_path, monkeypatch, attack, verify):
+    import builtins
+
+    folder = make_cifar(tmp_path / "cifar10")
+    marker = tmp_path / "pwned"
+    call = _Call(os.system, f"touch {marker}") if attack == "os.system" else _Call(builtins.eval, f"open({str(marker)!r}, 'w')")
+    path = folder / "data_batch_1"
+    path.write_bytes(pickle.dumps({"data": call, "labels": [0] * 20}, protocol=2))
+    if verify:  # an MD5 on the official list vouches for the bytes, not for unpickling them
+        import torchvision.datasets as tvd
+
+        monkeypatch.setattr(tvd.CIFAR10, "train_list", [[f, hashlib.md5((folder / f).read_bytes()).hexdigest()]
+                                                        for f in CIFAR_BATCHES[:5]])
+    with pytest.raises(DatasetError, match=r"refused to unpickle") as e:
+        data.read_official("cifar10", tmp_path, verify=verify)
+    assert str(e.value).startswith(str(path)) and "\n" not in str(e.value)
+    assert ("system" if attack == "os.system" else "eval") in str(e.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5, "numpy 1 names"])
+def test_cifar_python_batches_pickled_by_any_protocol_or_numpy_version_are_read(tmp_path, protocol):
+    """numpy 1 (which wrote the official pickles) names numpy.core.multiarray, numpy 2 numpy._core; pickle
+    protocol 5 rebuilds arrays with _frombuffer, protocol 2 from Python 3 writes bytes via _codecs.encode."""
+    folder = make_cifar(tmp_path / "cifar10")
+    expected = data.read_official("cifar10", tmp_path, verify=False)
+    for name in CIFAR_BATCHES:
+        d = pickle.loads((folder / name).read_bytes())
+        raw = pickle.dumps(d, protocol=2 if protocol == "numpy 1 names" else protocol)
+        if protocol == "numpy 1 names":
+            assert b"numpy._core.multiarray\n" in raw
+            raw = raw.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+        (folder / name).write_bytes(raw)
+    (x, y), (tx, ty) = data.read_official("cifar10", tmp_path, verify=False)
+    assert all(torch.equal(a, b) for a, b in zip((x, y, tx, ty), (*expected[0], *expected[1])))
+
+
+# Downloading (where a network exists) and the download subcommand
+
+
+def test_downloading_cifar10_fetches_the_official_binary_archive_and_checks_its_published_md5(tmp_path, monkeypatch):
+    from torchvision.datasets import utils as tvu
+
+    calls = []
+
+    def fetch(url, download_root, md5=None, **kwargs):
+        calls.append((url, download_root, md5))
+        make_cifar_binary(Path(download_root) / "cifar-10-batches-bin")  # what extracting the archive leaves
+
+    monkeypatch.setattr(tvu, "download_and_extract_archive", fetch)
+    root = tmp_path / "data"
+    assert data.locate("cifar10", root, download=True) == root / "cifar-10-batches-bin"
+    assert calls == [("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz", str(root),
+                      "c32a1d4ab5d03f1284b67883e8d87530")]
+    data.locate("cifar10", root, download=True)
+    assert len(calls) == 1  # found: nothing downloaded again
+
+
+def test_a_failed_download_is_one_line(tmp_path, monkeypatch):
+    from torchvision.datasets import utils as tvu
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("File not found or corrupted.\nsecond line")
+
+    monkeypatch.setattr(tvu, "download_and_extract_archive", fail)
+    with pytest.raises(DatasetError, match=r"cifar10: download into .* failed \(File not found or corrupted. second line\)") as e:
+        data.locate("cifar10", tmp_path, download=True)
+    assert "\n" not in str(e.value)
+
+
+def test_the_download_subcommand_verifies_files_that_are_there_and_downloads_nothing(official_copies, monkeypatch,
+                                                                                       capsys):
+    from ticketbench import cli
+
+    monkeypatch.setattr(data, "_download", lambda *a: pytest.fail("downloaded although the files are there"))
+    assert cli.main(["download", "cifar10", "--data-root", str(official_copies["cifar10"])]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"cifar10: 100 train / 20 test images, official checksums verified, in "
+                   f"{official_copies['cifar10'] / 'cifar-10-batches-bin'}"]
+
+
+def test_the_download_subcommand_reports_a_failure_in_one_line_with_exit_status_2(official_copies, monkeypatch,
+                                                                                  capsys):
+    from ticketbench import cli
+
+    path = official_copies["mnist"] / "mnist" / "t10k-labels-idx1-ubyte"
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0x01  # the last label, now another class
+    path.write_bytes(raw)
+    assert cli.main(["download", "mnist", "--data-root", str(official_copies["mnist"])]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"ticketbench: error: {path}: MD5 ")
+
+
+# The real files (the offline mirror of the official files that $TICKETBENCH_DATA points at in CI)
+
+needs_real = pytest.mark.skipif(not REAL, reason="TICKETBENCH_DATA is not set: no copy of the official files here")
+
+
+@needs_real
+def test_the_real_mnist_recompressed_passes_the_official_checksums_of_its_content():
+    import torchvision.datasets as tvd
+
+    folder = data.locate("mnist", REAL)
+    archives = dict(tvd.MNIST.resources)  # the 1998 .gz files' MD5s
+    recompressed = [p for p in folder.glob("*.gz") if p.name in archives
+                    and hashlib.md5(p.read_bytes()).hexdigest() != archives[p.name]]
+    if not recompressed:
+        pytest.skip(f"{folder} holds no recompressed .gz file (the 1998 archives or the decompressed files)")
+    (x, y), (tx, ty) = data.read_official("mnist", REAL, verify=True)
+    assert x.shape == (60000, 1, 28, 28) and tx.shape == (10000, 1, 28, 28)
+    assert torch.bincount(y).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+
+
+@needs_real
+def test_the_real_cifar10_binary_version_passes_its_official_checksums():
+    assert data.locate("cifar10", REAL).name == "cifar-10-batches-bin"
+    (x, y), (tx, ty) = data.read_official("cifar10", REAL, verify=True)
+    assert x.shape == (50000, 3, 32, 32) and tx.shape == (10000, 3, 32, 32)
+    assert torch.bincount(y).tolist() == [5000] * 10 and torch.bincount(ty).tolist() == [1000] * 10
+    means = x.double().mean(dim=(0, 2, 3)) / 255
+    assert torch.allclose(means, torch.tensor([0.4914, 0.4822, 0.4465], dtype=torch.float64), atol=5e-5)

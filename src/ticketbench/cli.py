@@ -101,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", help="experiment id in a workflow config")
     p.add_argument("--seed", type=int, default=0, help="seed of that experiment (default: 0)")
 
+    from .config import OFFICIAL_SIZES
+
+    p = sub.add_parser("download", help="download a dataset's official files where they are missing (needs a network), "
+                                        "verify them and print where they are; run it once before the jobs")
+    p.add_argument("dataset", choices=list(OFFICIAL_SIZES), help="the dataset")
+    p.add_argument("--data-root", help="where the files are or go (default: $TICKETBENCH_DATA or ./data)")
+
     from .plan import SCHEMA
 
     p = sub.add_parser("plan", help="the jobs a workflow config plans, per experiment and kind (as snakemake -n counts them)")
@@ -268,6 +275,16 @@ def cmd_hash(args: argparse.Namespace) -> None:
     print(f"{cfg.hash()} {run_dir}")
 
 
+def cmd_download(args: argparse.Namespace) -> None:
+    """Found files are not downloaded again; found or downloaded, they are read and checked in full here (not
+    through a prepared dataset, which would vouch for them without opening them)."""
+    from . import data
+
+    folder = data.locate(args.dataset, args.data_root, download=True)
+    (x, _), (tx, _) = data.read_official(args.dataset, args.data_root, verify=True)
+    print(f"{args.dataset}: {len(x):,} train / {len(tx):,} test images, official checksums verified, in {folder}")
+
+
 def _plan(path: Path, schema: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     from . import plan
 
@@ -350,7 +367,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 COMMANDS = {"dense": cmd_dense, "imp": cmd_imp, "branch": cmd_branch, "finetune": cmd_finetune, "pack": cmd_pack,
             "evaluate": cmd_evaluate, "table": cmd_table, "lth-figure": cmd_lth_figure, "curves": cmd_curves,
-            "hash": cmd_hash, "plan": cmd_plan, "status": cmd_status}
+            "hash": cmd_hash, "download": cmd_download, "plan": cmd_plan, "status": cmd_status}
 
 if __name__ == "__main__":
     sys.exit(main())

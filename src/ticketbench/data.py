@@ -11,8 +11,9 @@ batches an uninterrupted run sees, without storing RNG state, and the data-order
 streams are independent of each other and of initialization. Random numbers are drawn on the CPU, so a
 GPU run sees the same batches as a CPU run.
 
-Files are read in their official formats (MNIST/Fashion-MNIST idx, optionally gzipped; CIFAR-10
-python pickles) and checked against official MD5s; see ``_verify``. Decompressing and checking them costs
+Files are read in their official formats (MNIST/Fashion-MNIST idx, optionally gzipped; CIFAR-10's binary
+version, else its python version through an unpickler that builds nothing but arrays) and checked against
+official MD5s; see ``_verify`` and ``_read_cifar``. Decompressing and checking them costs
 every job about half a second, so the decoded uint8 tensors are kept as a *prepared dataset* (see
 ``prepared``): one verified file per dataset that later jobs read instead of the sources.
 """
@@ -21,10 +22,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import codecs
 import io
 import logging
 import os
 import pickle
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +75,21 @@ IDX_MD5 = {
         "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
     },
 }
+# CIFAR-10, binary version (Krizhevsky 2009, https://www.cs.toronto.edu/~kriz/cifar.html): the six files of
+# folder cifar-10-batches-bin/ in the official archive cifar-10-binary.tar.gz, whose MD5 that page publishes.
+# Per-file MD5s: as the README of the offline mirror of the official files lists them (with their SHA-256;
+# the mirror CI reads through $TICKETBENCH_DATA), computed over bytes identical to the official archive's.
+# Preferred over the python version: it needs no pickle.
+CIFAR10_BINARY_FOLDER = "cifar-10-batches-bin"
+CIFAR10_BINARY_MD5 = {
+    "data_batch_1.bin": "5dd7e06a14cb22eb9f671a540d1b7c25",
+    "data_batch_2.bin": "5ea93a67294ea407fff1d09f752e9692",
+    "data_batch_3.bin": "942cd6a4bcdd0dd3c604fbe906cb4421",
+    "data_batch_4.bin": "ae636b3ba5c66a11e91e8cb52e771fcb",
+    "data_batch_5.bin": "53f37980c15c3d472c316c40844f3f0d",
+    "test_batch.bin": "803d5f7f4d78ea53de84dbe85f74fb6d",
+}
+CIFAR10_BINARY_ARCHIVE = ("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530")
 SHAPES = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32)}  # (channels, height, width)
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 TORCHVISION_FOLDERS = {"mnist": "MNIST/raw", "fashion_mnist": "FashionMNIST/raw", "cifar10": "cifar-10-batches-py"}
@@ -206,7 +224,8 @@ def locate(name: str, root: str | Path | None, download: bool = False) -> Path:
         given = " (the data root given; nothing else is looked at)" if explicit else ""
         raise DatasetError(
             f"{name}: files not found under {root}{given} (looked in {', '.join(str(c) for c in candidates)}); "
-            f"pass --download where there is a network, or --data-root DIR holding the official files"
+            f"run 'ticketbench download {name}' where there is a network, or pass --data-root DIR (or set "
+            f"$TICKETBENCH_DATA) to a folder holding the official files"
         )
     return folder
 
@@ -307,8 +326,9 @@ def prepared_dir(folder: Path, root: Path) -> Path:
 
 
 def _prepared_key(name: str, folder: Path, verify: bool) -> str:
+    # The sources name the files, so CIFAR-10's binary and python versions get keys of their own.
     if verify:
-        sources = _official_checksums(name)
+        sources = _official_checksums(name, folder)
     else:
         sources = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "missing"
                    for p in _source_files(name, folder)}
@@ -316,25 +336,24 @@ def _prepared_key(name: str, folder: Path, verify: bool) -> str:
     return hashlib.sha256(repr(sorted(ident.items())).encode()).hexdigest()
 
 
-def _official_checksums(name: str) -> dict[str, str]:
-    """The checksums a verified copy of ``name`` matched: the decompressed MD5s when all are known
-    (no torchvision import), else torchvision's archive MD5s that ``_verify`` and ``_read_cifar`` accept."""
+def _official_checksums(name: str, folder: Path) -> dict[str, str]:
+    """The checksums a verified copy of ``name`` in ``folder`` matched: the decompressed idx MD5s when all
+    are known (no torchvision import), else torchvision's archive MD5s that ``_verify`` accepts; for
+    CIFAR-10, the MD5 of each batch of the version the folder holds (``_cifar_batches``)."""
+    if name == "cifar10":
+        return _cifar_batches(folder)
     sums = dict(IDX_MD5.get(name, {}))
-    if name != "cifar10" and all(f in sums for pair in IDX_FILES.values() for f in pair):
+    if all(f in sums for pair in IDX_FILES.values() for f in pair):
         return sums
     import torchvision.datasets as tvd
 
-    official = tvd.CIFAR10.train_list + tvd.CIFAR10.test_list if name == "cifar10" else {
-        "mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST}[name].resources
-    return {**sums, **dict(official)}
+    return {**sums, **dict({"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST}[name].resources)}
 
 
 def _source_files(name: str, folder: Path) -> list[Path]:
     """The files the readers open: CIFAR-10's batches, or each idx file (its .gz if not decompressed)."""
     if name == "cifar10":
-        import torchvision.datasets as tvd
-
-        return [folder / f for f, _ in tvd.CIFAR10.train_list + tvd.CIFAR10.test_list]
+        return [folder / f for f in _cifar_batches(folder)]
     paths = [folder / f for pair in IDX_FILES.values() for f in pair]
     return [p if p.is_file() else p.with_name(p.name + ".gz") for p in paths]
 
@@ -346,6 +365,9 @@ def _check_sizes(name: str, folder: Path, n_train: int, n_test: int, verify: boo
 
 
 def _candidates(name: str, root: Path, fallback: bool) -> list[Path]:
+    if name == "cifar10":  # the official archives' folders, inside root/cifar10 or not
+        return [root / CIFAR10_BINARY_FOLDER, root / name / CIFAR10_BINARY_FOLDER, root / name,
+                root / TORCHVISION_FOLDERS[name], root / name / TORCHVISION_FOLDERS[name], root]
     c = [root / name, root / TORCHVISION_FOLDERS[name], root]
     if name == "fashion_mnist" and fallback:
         c.append(DEBIAN_FASHION_MNIST)
@@ -353,23 +375,37 @@ def _candidates(name: str, root: Path, fallback: bool) -> list[Path]:
 
 
 def find_folder(name: str, candidates: list[Path]) -> Path | None:
-    marker = "data_batch_1" if name == "cifar10" else IDX_FILES["train"][0]
-    for folder in candidates:
-        if (folder / marker).is_file() or (folder / f"{marker}.gz").is_file():
-            return folder
+    """The first candidate holding the dataset's first training file. CIFAR-10's binary version is looked
+    for in every candidate before the python version in any: where both are, the one without pickles wins."""
+    if name == "cifar10":
+        passes = [("data_batch_1.bin",), ("data_batch_1",)]
+    else:
+        passes = [(IDX_FILES["train"][0], f"{IDX_FILES['train'][0]}.gz")]
+    for markers in passes:
+        for folder in candidates:
+            if any((folder / m).is_file() for m in markers):
+                return folder
     return None
 
 
 def _download(name: str, root: Path) -> None:
-    """Download with torchvision, which verifies the official MD5s of the archives."""
+    """Download the official archives into ``root`` with torchvision, checking their published MD5s: CIFAR-10's
+    binary version, or MNIST's / Fashion-MNIST's four .gz files (torchvision's own list and folder)."""
     import torchvision.datasets as tvd
+    from torchvision.datasets import utils as tvu
 
-    cls = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10}[name]
+    log.info("%s: downloading into %s", name, root)
     try:
-        for train in (True, False):
-            cls(str(root), train=train, download=True)
-    except Exception as e:  # network errors come in many types
-        raise DatasetError(f"{name}: download into {root} failed ({e}); copy the official files there instead") from None
+        if name == "cifar10":
+            url, md5 = CIFAR10_BINARY_ARCHIVE
+            tvu.download_and_extract_archive(url, str(root), md5=md5)  # extracts root/cifar-10-batches-bin
+        else:
+            for train in (True, False):
+                {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST}[name](str(root), train=train, download=True)
+    except Exception as e:  # network, disk and checksum errors come in many types
+        why = " ".join(str(e).split()) or type(e).__name__
+        raise DatasetError(f"{name}: download into {root} failed ({why}); where there is no network, copy the official "
+                           f"files there (or pass --data-root DIR holding them)") from None
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -380,7 +416,7 @@ def _read_bytes(path: Path) -> bytes:
             return path.read_bytes()
         with gzip.open(gz, "rb") as f:
             return f.read()
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:  # a damaged deflate stream raises zlib.error, not OSError
         raise DatasetError(f"{gz}: cannot be decompressed ({e}); the file is truncated or corrupt, re-download it") from None
 
 
@@ -400,7 +436,8 @@ def _verify(name: str, path: Path, data: bytes) -> None:
     if want is None and path.is_file():
         raise DatasetError(f"{path}: no official checksum is known for the uncompressed file; keep the official "
                            f".gz beside it, or pass --no-verify to accept a copy you trust")
-    raise DatasetError(f"{path}: MD5 {got} does not match the official {name} file; re-download it, or pass "
+    read = path if path.is_file() else f"{gz} (decompressed)"
+    raise DatasetError(f"{read}: MD5 {got} does not match the official {name} file; re-download it, or pass "
                        f"--no-verify if it is a copy you made on purpose")
 
 
@@ -429,10 +466,23 @@ def _parse_idx(path: Path, name: str, verify: bool, expected_dims: int) -> np.nd
     return body.reshape(dims)
 
 
-def _read_cifar(folder: Path, verify: bool) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+def _cifar_batches(folder: Path) -> dict[str, str]:
+    """The batches of the CIFAR-10 version in ``folder`` with their official MD5s, training batches first: the
+    binary version where its first file is there (``find_folder`` prefers it too), else the python one."""
+    if (folder / "data_batch_1.bin").is_file():
+        return dict(CIFAR10_BINARY_MD5)
     import torchvision.datasets as tvd
 
-    def batch(file: str, md5: str) -> tuple[np.ndarray, np.ndarray]:
+    return dict(tvd.CIFAR10.train_list + tvd.CIFAR10.test_list)
+
+
+def _read_cifar(folder: Path, verify: bool) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Both versions hold each image as 3,072 bytes, the R, G and B planes of 32 x 32 row-major pixels, so
+    either gives the same uint8 NCHW tensors."""
+    batches = _cifar_batches(folder)
+    parse = _parse_cifar_binary if "data_batch_1.bin" in batches else _parse_cifar_python
+    read: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for file, md5 in batches.items():
         path = folder / file
         if not path.is_file():
             raise DatasetError(f"{path}: missing CIFAR-10 batch; re-download the dataset")
@@ -440,21 +490,70 @@ def _read_cifar(folder: Path, verify: bool) -> tuple[tuple[torch.Tensor, torch.T
         if verify and hashlib.md5(raw).hexdigest() != md5:
             raise DatasetError(f"{path}: MD5 does not match the official CIFAR-10 file; re-download it, or pass "
                                f"--no-verify if it is a copy you made on purpose")
-        try:
-            d = pickle.loads(raw, encoding="latin1")
-            x = np.asarray(d["data"], dtype=np.uint8).reshape(-1, *SHAPES["cifar10"])
-            y = np.asarray(d["labels"], dtype=np.int64)
-        except Exception as e:  # a corrupt pickle raises many different types
-            raise DatasetError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}); re-download it") from None
+        x, y = parse(path, raw)
         if len(x) != len(y):
             raise DatasetError(f"{path}: {len(x)} images but {len(y)} labels; the file is corrupt")
-        return x, y
+        bad = y[(y < 0) | (y > 9)]
+        if bad.size:
+            raise DatasetError(f"{path}: label {int(bad[0])} is out of range 0-9; the file is corrupt, re-download it")
+        read[file] = x, y
 
-    tr = [batch(f, m) for f, m in tvd.CIFAR10.train_list]
-    te = batch(*tvd.CIFAR10.test_list[0])
-    xtr, ytr = np.concatenate([t[0] for t in tr]), np.concatenate([t[1] for t in tr])
-    _check_sizes("cifar10", folder, len(ytr), len(te[1]), verify)
-    return (torch.from_numpy(xtr), torch.from_numpy(ytr)), (torch.from_numpy(te[0]), torch.from_numpy(te[1]))
+    def join(test: bool) -> tuple[np.ndarray, np.ndarray]:
+        # A copy, also of one batch: the binary version's images are strided views of the read-only file bytes.
+        part = [b for f, b in read.items() if f.startswith("test_batch") == test]
+        return np.concatenate([x for x, _ in part]), np.concatenate([y for _, y in part])
+
+    (xtr, ytr), (xte, yte) = join(test=False), join(test=True)
+    _check_sizes("cifar10", folder, len(ytr), len(yte), verify)
+    return (torch.from_numpy(xtr), torch.from_numpy(ytr)), (torch.from_numpy(xte), torch.from_numpy(yte))
+
+
+def _parse_cifar_binary(path: Path, raw: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Records of 1 label byte and 3,072 pixel bytes, nothing else in the file."""
+    if not raw or len(raw) % 3073:
+        raise DatasetError(f"{path}: {len(raw)} bytes is not a whole number of 3,073-byte CIFAR-10 records (a label "
+                           f"byte and 3,072 pixels); the file is truncated or corrupt, re-download it")
+    records = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3073)
+    return records[:, 1:].reshape(-1, *SHAPES["cifar10"]), records[:, 0].astype(np.int64)
+
+
+def _parse_cifar_python(path: Path, raw: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """A pickled dict with 'data' (N x 3072 uint8) and 'labels', read by ``_BatchUnpickler`` verified or not:
+    an MD5 says the file is the official one, not that unpickling it is safe."""
+    try:
+        d = _BatchUnpickler(io.BytesIO(raw), encoding="latin1").load()
+        x = np.asarray(d["data"], dtype=np.uint8).reshape(-1, *SHAPES["cifar10"])
+        y = np.asarray(d["labels"], dtype=np.int64)
+    except _Refused as e:
+        raise DatasetError(f"{path}: refused to unpickle it: it asks to call {e}, which no CIFAR-10 batch holds "
+                           f"(nothing was run); use the official files, or their binary version, which needs no "
+                           f"pickle") from None
+    except Exception as e:  # a corrupt pickle raises many different types
+        raise DatasetError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}); re-download it") from None
+    return x, y
+
+
+class _Refused(pickle.UnpicklingError):
+    """A pickle named a global that ``_BatchUnpickler`` does not build."""
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Builds dicts, lists, strings, numbers and numpy arrays, and nothing else: a pickle can call any
+    importable callable (os.system, eval), so every global it names must be one of these."""
+
+    ALLOWED = {
+        # what numpy itself pickles an array with (numpy 1 and 2 name their modules differently)
+        **{(m, "_reconstruct"): np.zeros(1).__reduce__()[0] for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
+        **{(m, "_frombuffer"): np.zeros(1).__reduce_ex__(5)[0] for m in ("numpy.core.numeric", "numpy._core.numeric")},
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,  # how Python 3 writes bytes at pickle protocol 2
+    }
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in self.ALLOWED:
+            raise _Refused(f"{module}.{name}")
+        return self.ALLOWED[module, name]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1001,3 +1001,47 @@ def _path_barrier(path: pd.DataFrame, column: str) -> float:
 MEASURES = {"value": _value, "difference": _difference, "ratio": _ratio, "versus_dense": _versus_dense, "best": _best,
             "last_density": _last_density, "barrier": _barrier, "barrier_trend": _barrier_trend,
             "onset": _onset, "successive_iff_matching": _successive_iff_matching}
+
+
+# ---- the papers' values, for drawing beside our curves ---------------------------------------------
+
+REPORTED_COLUMNS = ["experiment", "claim", "metric", "branch", "kind", "density", "value", "tol", "relative"]
+"""One row per paper value a figure can place (:func:`reported_points`): ``kind`` point = ``value`` (in
+the metric's unit, +/- ``tol``) at ``density`` (fraction of all weights); ``relative`` = the paper's
+value is a change against the dense network (pp, or % fewer iterations), to be placed at our dense
+network's mean; ``kind`` density = a P_m the paper reports for ``branch`` (``value``, in %)."""
+
+
+def reported_points(claims: list[dict[str, Any]], jobs: pd.DataFrame,
+                    configs: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """The paper values of the quantitative checks (those that select a ``protocol``) that sit at a
+    density of the accuracy or early-stop curves, per experiment whose protocol the check matches:
+    values at a density or at the dense net (``value``), changes against the dense net at a density
+    (``versus_dense``), and P_m values (``last_density``). Other measures (ratios of two branches, a
+    best level, barriers) have no single place on such a curve and are left to the report's table."""
+    rows = []
+    for claim in claims:
+        for chk in _checks(claim):
+            sel = chk.get("select") or {}
+            expect = chk.get("expect") or {}
+            if not sel.get("protocol") or not isinstance(expect.get("value"), (int, float)) or \
+                    chk["measure"] not in ("value", "versus_dense", "last_density"):
+                continue
+            at = chk.get("at") if isinstance(chk.get("at"), dict) else {}
+            measure = chk["measure"]
+            branch = (chk.get("of") or {}).get("branch", "imp")
+            density = 1.0 if at.get("level") == 0 else at.get("density")
+            for name, unit in _units(chk, jobs, configs):
+                for exp in sorted(unit["experiment"].unique()):
+                    base = {"experiment": exp, "claim": claim["id"], "metric": _metric(chk, unit), "branch": branch}
+                    if measure == "value" and density is not None and expect.get("op") == "within":
+                        rows.append({**base, "kind": "point", "density": density, "value": float(expect["value"]),
+                                     "tol": float(expect["tol"]), "relative": False})
+                    elif measure == "versus_dense" and density is not None and chk.get("as", "difference") in (
+                            "difference", "reduction"):
+                        rows.append({**base, "kind": "point", "density": density, "value": float(expect["value"]),
+                                     "tol": float(expect.get("tol", 0.0)), "relative": True})
+                    elif measure == "last_density" and expect.get("op") in ("within_factor", "within"):
+                        rows.append({**base, "kind": "density", "density": float(expect["value"]) / 100,
+                                     "value": float(expect["value"]), "tol": math.nan, "relative": False})
+    return pd.DataFrame(rows, columns=REPORTED_COLUMNS).drop_duplicates(ignore_index=True)

@@ -90,11 +90,14 @@ def parse_tables(read: Callable[[str], str | None]) -> dict[str, pd.DataFrame | 
     return out
 
 
-def write_figures(results: Path, data: dict[str, pd.DataFrame | None], scale: str) -> list[tuple[Path, str]]:
+def write_figures(results: Path, data: dict[str, pd.DataFrame | None], scale: str,
+                  reported: pd.DataFrame | None = None) -> list[tuple[Path, str]]:
+    """figures/ and its index; ``reported`` are the papers' values drawn beside our curves
+    (:func:`claims.reported_points`)."""
     from . import figures
 
     out = Path(results) / "figures"
-    drawn, skipped = figures.draw_all(data, scale, out)
+    drawn, skipped = figures.draw_all(data, scale, out, reported)
     keep = {q.name for p, _ in drawn for q in (p, figures.vector_of(p))}
     for stale in [*out.glob("*.png"), *out.glob("*.svg")]:
         if stale.name not in keep:
@@ -577,12 +580,23 @@ def _html(blocks: list[tuple[str, Any]], figs: Path, scale: str) -> str:
     return "\n".join(out)
 
 
+def _reported(results: Path, jobs: pd.DataFrame, workflow_config: Path | None, claims_path: Path) -> pd.DataFrame | None:
+    """The papers' values the figures place beside our curves, for the experiments whose protocol a
+    quantitative check matches; None without a claims file."""
+    if not Path(claims_path).is_file():
+        return None
+    configs = configs_from_workflow(Path(workflow_config).read_text(), str(workflow_config), jobs) \
+        if workflow_config is not None else run_configs(results)
+    return claims_mod.reported_points(claims_mod.load(claims_path), jobs, configs)
+
+
 def build(results: Path, workflow_config: Path | None, claims_path: Path, part: str = "all") -> list[claims_mod.Result]:
     scale = scale_of(results, workflow_config)
     if part in ("all", "tables"):
         write_tables(results, workflow_config)
     if part in ("all", "figures"):
-        write_figures(results, read_tables(results), scale)  # from the CSVs, exactly as reviewers see them
+        data = read_tables(results)  # from the CSVs, exactly as reviewers see them
+        write_figures(results, data, scale, _reported(results, data["jobs"], workflow_config, claims_path))
     if part in ("all", "document"):
         return write_document(results, claims_path, scale, workflow_config)
     return []

@@ -200,6 +200,72 @@ def lth_early_stop_figure(jobs: pd.DataFrame, experiment: str, scale: str, out: 
                    f"(Frankle & Carbin 2019, Figs. 3-5)")]
 
 
+PAPER_PANELS = {"early_stop_test_acc": ("test accuracy at early stop", ACCURACY),
+                "final_test_acc": ("test accuracy at the end of training", ACCURACY),
+                "early_stop_step": ("iteration of minimum validation loss", "early-stop iteration")}
+
+
+def paper_vs_ours_figure(jobs: pd.DataFrame, reported: pd.DataFrame, experiment: str, scale: str,
+                         out: Path) -> list[tuple[Path, str]]:
+    """Our curves (mean over seeds, min-max band) with the papers' values of config/claims.yaml on top,
+    one panel per quantity the claims read (:func:`claims.reported_points`): black diamonds with the
+    check's tolerance for values at a density, hollow ones for changes against the dense network (placed
+    at our dense network's mean, since the paper gives the change, not its dense value), and dotted
+    verticals for the P_m where the paper says a curve crosses the dense network's. x is % of all
+    weights, the LTH paper's P_m."""
+    df = jobs[jobs["experiment"] == experiment]
+    points = reported[reported["experiment"] == experiment]
+    panels = [m for m in PAPER_PANELS if (points["metric"] == m).any()]
+    if not panels or df.empty:
+        return []
+    branches = [b for b in BRANCH_LABELS if b != "finetune"]
+    d = _baselines(df, branches)
+    col = "density_total" if "density_total" in d.columns and d["density_total"].notna().all() else "density"
+    d = d.assign(**{REMAINING: 100 * d[col].astype(float)})
+    dense = df[(df["branch"] == "imp") & (df["level"] == 0)]
+    _theme()
+    fig, axes = _subplots(1, len(panels), figsize=(6.2 * len(panels), 4.8), squeeze=False)
+    for ax, metric in zip(axes[0], panels):
+        title, ylabel = PAPER_PANELS[metric]
+        scale_y = 100.0 if metric in ("early_stop_test_acc", "final_test_acc") else 1.0
+        y = d.assign(**{ylabel: scale_y * d[metric].astype(float)}).dropna(subset=[ylabel])
+        sns.lineplot(data=y, x=REMAINING, y=ylabel, hue="method", hue_order=_methods(y), palette=BRANCH_COLORS,
+                     style="method", style_order=_methods(y), markers=BRANCH_MARKERS, dashes=False, errorbar=BAND, ax=ax)
+        x0 = scale_y * float(dense[metric].astype(float).mean())
+        mine = points[points["metric"] == metric]
+        for _, r in mine.iterrows():
+            color = BRANCH_COLORS.get(BRANCH_LABELS.get(r["branch"], ""), "black")
+            if r["kind"] == "density":
+                ax.axvline(r["value"], color=color, linestyle=":", linewidth=1.2)
+                ax.annotate(f"{r['claim']}\n{r['value']:g}%", (r["value"], 1.0), xycoords=("data", "axes fraction"),
+                            rotation=90, va="top", ha="right", fontsize="x-small", color=color, annotation_clip=True)
+                continue
+            if r["relative"]:
+                v = x0 * (1 - r["value"] / 100) if metric == "early_stop_step" else x0 + r["value"]
+                e = x0 * r["tol"] / 100 if metric == "early_stop_step" else r["tol"]
+            else:
+                v, e = r["value"], r["tol"]
+            ax.errorbar([100 * r["density"]], [v], yerr=[e], fmt="D", markersize=7, capsize=3, color="black",
+                        markerfacecolor="white" if r["relative"] else color, markeredgecolor="black", zorder=5)
+            ax.annotate(r["claim"], (100 * r["density"], v), textcoords="offset points", xytext=(6, 4),
+                        fontsize="x-small")
+        _remaining_axis(ax, pd.concat([d[col], mine["density"]]))  # the paper's P_m inside the axis too
+        ax.set_xlabel("weights remaining, % of all weights (the LTH's P_m)")
+        ax.set_title(title, fontsize="medium")
+        handles, labels = ax.get_legend_handles_labels()
+        handles += [Line2D([], [], marker="D", color="black", linestyle="", markerfacecolor="grey"),
+                    Line2D([], [], marker="D", color="black", linestyle="", markerfacecolor="white"),
+                    Line2D([], [], color="grey", linestyle=":")]
+        labels += ["paper's value (+/- check tolerance)", "paper's change vs. dense, at our dense",
+                   "paper's P_m where the curve crosses dense"]
+        ax.legend(handles, labels, title=None, fontsize="x-small")
+    _title(fig, "The papers' reported values (config/claims.yaml) beside our curves", experiment, df, scale)
+    path = out / f"paper_vs_ours_{experiment}.png"
+    save(fig, path)
+    return [(path, f"{experiment}: the papers' reported values (config/claims.yaml, quantitative checks of this "
+                   f"protocol) beside our curves")]
+
+
 # --------------------------------------------------------------------------------------------------
 # Frankle et al. 2019/2020 (Stabilizing the LTH; Linear Mode Connectivity)
 # --------------------------------------------------------------------------------------------------
@@ -513,9 +579,11 @@ def group_name(experiments: list[str]) -> str:
     return prefix.rstrip("_-") or sorted(experiments)[0]
 
 
-def draw_all(data: dict[str, pd.DataFrame | None], scale: str, out: Path) -> tuple[list[tuple[Path, str]], dict[str, str]]:
+def draw_all(data: dict[str, pd.DataFrame | None], scale: str, out: Path,
+             reported: pd.DataFrame | None = None) -> tuple[list[tuple[Path, str]], dict[str, str]]:
     """Every figure the tables support, per family; returns (drawn figures with captions, skipped
-    figure -> reason)."""
+    figure -> reason). ``reported``: the papers' values to draw beside our curves
+    (:func:`claims.reported_points`); an experiment without any gets no such figure."""
     jobs = data["jobs"]
     drawn: list[tuple[Path, str]] = []
     skipped: dict[str, str] = {}
@@ -533,6 +601,8 @@ def draw_all(data: dict[str, pd.DataFrame | None], scale: str, out: Path) -> tup
 
     families = jobs.groupby("experiment")["family"].first()
     for exp, fam in families.items():
+        if reported is not None and (reported["experiment"] == exp).any():
+            attempt(f"paper_vs_ours_{exp}", None, lambda e=exp: paper_vs_ours_figure(jobs, reported, e, scale, out))
         if fam == "lth":
             attempt(f"lth_accuracy_{exp}", None, lambda e=exp: lth_accuracy_figure(jobs, e, scale, out))
             attempt(f"lth_early_stop_{exp}", None, lambda e=exp: lth_early_stop_figure(jobs, e, scale, out))
