@@ -21,6 +21,10 @@ torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
+# The official MNIST / CIFAR-10 files, where CI has a copy ($TICKETBENCH_DATA, .ci/run). Only the tests of
+# the real files read them, through REAL_DATA: every other test sees the default data root (./data and
+# Debian's Fashion-MNIST), as a user's machine without the variable does.
+REAL_DATA = os.environ.pop("TICKETBENCH_DATA", None)
 TICKETBENCH = [sys.executable, "-m", "ticketbench.cli"]
 
 

@@ -16,7 +16,7 @@ from ticketbench import data
 from ticketbench.config import DataConfig
 from ticketbench.data import Batches, DatasetError
 
-from conftest import make_cifar, make_mnist
+from conftest import REAL_DATA, TICKETBENCH, make_cifar, make_mnist
 
 
 def test_mnist_reader_parses_idx_files_gzipped_or_not(tmp_path):
@@ -34,8 +34,6 @@ def test_cifar_reader_parses_python_batches(tmp_path):
     folder = make_cifar(tmp_path / "cifar10")
     (x, y), (tx, ty) = data.read_official("cifar10", tmp_path, verify=False)
     assert x.shape == (100, 3, 32, 32) and tx.shape == (20, 3, 32, 32)
-    import pickle
-
     first = pickle.loads((folder / "data_batch_1").read_bytes())
     assert torch.equal(x[0].flatten(), torch.from_numpy(first["data"][0]))  # channel-major: R plane, G, B
     assert y[:20].tolist() == first["labels"]
@@ -201,8 +199,6 @@ def test_a_prepared_dataset_trains_on_the_same_bits_as_the_source_files(tmp_path
 
 def test_a_verified_dataset_is_found_by_its_official_checksums_without_opening_the_sources(tmp_path, cache_dir,
                                                                                            monkeypatch):
-    import hashlib
-
     folder = make_mnist(tmp_path / "mnist", gz=False)
     official = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in folder.iterdir()}
     monkeypatch.setitem(data.IDX_MD5, "mnist", official)  # these tiny files play the official ones
@@ -290,7 +286,7 @@ def test_prepared_files_live_beside_writable_sources_else_in_the_home_cache(tmp_
 # --------------------------------------------------------------------------------------------------
 
 CIFAR_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-REAL = os.environ.get("TICKETBENCH_DATA")
+REAL = REAL_DATA  # $TICKETBENCH_DATA as CI sets it (conftest)
 
 
 def make_cifar_binary(folder: Path, per_batch: int = 20, seed: int = 0) -> Path:
@@ -563,3 +559,27 @@ def test_the_real_cifar10_binary_version_passes_its_official_checksums():
     assert torch.bincount(y).tolist() == [5000] * 10 and torch.bincount(ty).tolist() == [1000] * 10
     means = x.double().mean(dim=(0, 2, 3)) / 255
     assert torch.allclose(means, torch.tensor([0.4914, 0.4822, 0.4465], dtype=torch.float64), atol=5e-5)
+
+
+@needs_real
+@pytest.mark.parametrize("dataset, model", [("mnist", "lenet_300_100"), ("cifar10", "conv2")])
+def test_the_cli_trains_on_the_real_official_files_with_their_checksums_checked(tmp_path, dataset, model):
+    """What a user with the official files does: no --no-verify, the data root from $TICKETBENCH_DATA."""
+    import json
+    import subprocess
+
+    import yaml
+
+    cfg = {"name": "real", "data": {"name": dataset, "validation_size": 500, "train_subset": 600, "test_subset": 500},
+           "model": {"name": model, "init": "glorot_normal"},
+           "train": {"optimizer": "adam", "lr": 0.0012, "batch_size": 60, "steps": "20it", "eval_every": "10it"},
+           "prune": {"strategy": "layerwise", "rates": {"fc": 0.2, "output": 0.1}}, "imp": {"levels": 1, "rewind": "0it"}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "TICKETBENCH_DATA": REAL, "TICKETBENCH_CACHE": str(tmp_path / "cache")}
+    p = subprocess.run([*TICKETBENCH, "dense", str(path), "--run-dir", str(tmp_path / "run"), "--threads", "1",
+                        "--no-progress"], env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert f"{dataset}: reading" in p.stderr and "MD5 check skipped" not in p.stderr
+    summary = json.loads((tmp_path / "run" / "imp" / "level_00" / "summary.json").read_text())
+    assert summary["final_test_acc"] > 0.1  # learned something in 20 steps: the labels match the images

@@ -208,3 +208,28 @@ def test_copies_of_a_random_baseline_share_its_network_and_differ_in_sgd_noise(t
         final = final_weights(run, folder)
         assert all(torch.count_nonzero(final[n][~m]) == 0 for n, m in mask.items())
     assert (a["branch"], a["replicate"], b["replicate"]) == (kind, 0, 1)
+
+
+def test_test_set_at_early_stop_points_only_records_the_same_early_stop_and_final_numbers(tmp_path):
+    """--test-eval early-stop evaluates the test set only where the validation loss reaches a new
+    minimum and at the end: every number early stopping and the final accuracy read is the same as when
+    the test set is evaluated every time, and the rows in between hold NaN (nothing else is computed)."""
+    import math
+
+    import pandas as pd
+
+    cfg = config.from_dict(tiny_run(train={"steps": "200it", "eval_every": "10it", "lr": 0.3}))
+    loaded = data.load(cfg.data)
+    every_run = Run(cfg, tmp_path / "every", loaded, RUNTIME)
+    lean_run = Run(cfg, tmp_path / "lean", loaded, Runtime(device="cpu", progress=False, test_eval="early-stop"))
+    every_run.level(0), lean_run.level(0)
+    every, lean = every_run.level(1), lean_run.level(1)
+    for key in ("early_stop_step", "early_stop_test_acc", "early_stop_val_loss", "final_test_acc", "final_test_loss",
+                "final_train_acc", "model_sha256"):
+        assert lean[key] == every[key], key
+    rows = pd.read_csv(lean_run.level_dir(1) / "metrics.csv")
+    best = rows["val_loss"].cummin()
+    new_minimum = rows["val_loss"] < best.shift(fill_value=math.inf)
+    tested = rows["test_acc"].notna()
+    assert (tested == (new_minimum | (rows["step"] == rows["step"].max()))).all()
+    assert not tested.all(), "the tiny run should have evaluations that are not new minima"
