@@ -1,5 +1,5 @@
 # Entry points a newcomer needs; everything runs inside .venv/ (made by scripts/setup.sh).
-.PHONY: setup quick test test-fast lint bench lock pull
+.PHONY: setup quick lenet test test-fast lint bench lock pull
 
 PY := .venv/bin/python
 # Snakemake's jobs call `ticketbench`, `snakemake` and `dvc` by name: put the venv first on their PATH.
@@ -13,6 +13,14 @@ setup:
 quick: setup
 	.venv/bin/snakemake --configfile config/quick.yaml --cores $(THREADS)
 	@echo "quick: report in results/quick/report.md, figures in results/quick/figures/"
+
+# The LeNet experiments of the LTH and LMC papers at their exact protocols on real MNIST (config/lenet.yaml).
+# MNIST comes from $$TICKETBENCH_DATA or ./data, downloaded once here where a network exists (verified only,
+# when it is already there), never by the jobs.
+lenet: setup
+	.venv/bin/ticketbench download mnist
+	.venv/bin/snakemake --configfile config/lenet.yaml --cores $(THREADS)
+	@echo "lenet: report in results/lenet/report.md, figures in results/lenet/figures/"
 
 # Restore the trained runs from the DVC remote (docs/results.md); without one, say what to do instead.
 pull: setup
