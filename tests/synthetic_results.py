@@ -1,11 +1,15 @@
 """A tiny results tree laid out as the workflow lays it out (``results/N/runs/<experiment>/seed<S>/``),
 made with the ``ticketbench`` CLI on synthetic data: one experiment per paper family, seconds to train.
-Shared by the report, audit and DVC tests."""
+Shared by the report, audit and DVC tests. And, without training, the tables of a whole workflow config
+as its job plan lays them out (:func:`planned`), for tests that fill in the numbers (reachability)."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 from ticketbench import cli
@@ -106,3 +110,98 @@ def tree(tmp_path_factory) -> tuple[Path, Path]:
         config = write_config(root / "tiny.yaml")
         _TREES[base] = (make(root / "results" / "tiny", config), config)
     return _TREES[base]
+
+
+# --------------------------------------------------------------------------------------------------
+# Tables at a workflow config's scale without training: every job the plan lays out, values left empty
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Planned:
+    """The tables a workflow config's results would have, as the job plan (``ticketbench.plan``) lays
+    them out, with every metric left for a test to fill in."""
+
+    jobs: pd.DataFrame
+    """One row per training job: the run columns of ``tables.jobs`` (family, group, network, dataset,
+    seed, rewind_step, run), branch, level, replicate, density and density_total as IMP reaches them, and
+    reinit_start."""
+    instability: pd.DataFrame
+    """One row per instability pair the plan analyses (run columns, branch, level, pair)."""
+    successive: pd.DataFrame
+    """One row per successive-level pair the plan analyses (run columns, level, level_b, mask)."""
+    configs: dict
+    """Experiment -> run config (its first seed's), as the report reads them (``document.configs_from_workflow``)."""
+    schedules: dict
+    """Experiment -> its schedule in iterations (``config.Schedule``)."""
+
+
+def planned(config_path: Path, schema: Path) -> Planned:
+    """:class:`Planned` for the workflow config at ``config_path`` (e.g. config/config.yaml)."""
+    from ticketbench import plan
+    from ticketbench.report import tables
+
+    experiments = plan.resolve_all(plan.load_config(config_path, schema), str(config_path))
+    jobs, pairs, successive, configs, schedules = [], [], [], {}, {}
+    for exp in experiments.values():
+        first = next(iter(exp.runs.values()))
+        configs[exp.id] = {**first.to_dict(), "hash": first.hash()}
+        schedules[exp.id] = first.schedule(plan.train_size(first))
+        levels = level_densities(first)
+        planned_jobs = plan.jobs(exp, "results")
+        for seed, run in exp.runs.items():
+            info = {"experiment": exp.id, "family": exp.family, "group": tables._group_of(run.to_dict()),
+                    "network": run.model.name, "dataset": run.data.name, "seed": seed,
+                    "rewind_step": float(schedules[exp.id].rewind), "run": f"{exp.id}/seed{seed}"}
+            for job in planned_jobs:
+                if job.seed == seed and job.trains:
+                    d, total = levels[job.level]
+                    jobs.append({**info, "branch": job.branch, "level": job.level, "replicate": job.replicate,
+                                 "density": d, "density_total": total,
+                                 "reinit_start": run.imp.reinit_start if "reinit" in job.branch else None})
+            for branch, level in exp.instability:
+                pairs += [{**info, "branch": branch, "level": level, "pair": p}
+                          for p in range(exp.options["instability"]["pairs"])]
+            masks = exp.options.get("successive", {}).get("mask", ["common"])
+            successive += [{**info, "level": lv, "level_b": lv + 1, "mask": m}
+                           for lv in exp.successive for m in (masks if isinstance(masks, list) else [masks])]
+    return Planned(pd.DataFrame(jobs), pd.DataFrame(pairs), pd.DataFrame(successive), configs, schedules)
+
+
+_DENSITIES: dict = {}
+
+
+def level_densities(run) -> list[tuple[float, float]]:
+    """(density, density_total) of IMP levels 0..L of a run config: the counts ``masks.prune_counts``
+    keeps, over the prunable weights and over all the network's weights (``masks.density_total``)."""
+    import torch
+
+    from ticketbench import masks, models
+    from ticketbench.data import SHAPES
+
+    key = (run.model.name, run.model.width, run.data.name, run.prune.strategy, tuple(sorted(run.prune.rates.items())),
+           run.imp.levels)
+    if key not in _DENSITIES:
+        with torch.device("meta"):  # shapes only: no memory, no initialization
+            model = models._construct(run.model, SHAPES[run.data.name], 10)
+        kinds = models.layer_kinds(model)
+        shapes = {n: tuple(p.shape) for n, p in model.named_parameters() if n in kinds}
+        dense = {n: _Ones(math.prod(s)) for n, s in shapes.items() if kinds[n] in run.prune.rates}
+        prunable, total = sum(m.n for m in dense.values()), sum(math.prod(s) for s in shapes.values())
+        out = []
+        for level in range(run.imp.levels + 1):
+            kept = sum(masks.prune_counts(dense, kinds, run.prune, level))
+            out.append((kept / prunable, (total - (prunable - kept)) / total))
+        _DENSITIES[key] = out
+    return _DENSITIES[key]
+
+
+@dataclass(frozen=True)
+class _Ones:
+    """A dense mask of ``n`` weights as ``masks.prune_counts`` reads it (its count of ones), without
+    allocating VGG-19's 20 million."""
+
+    n: int
+
+    def sum(self) -> int:
+        return self.n

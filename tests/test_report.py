@@ -154,11 +154,12 @@ def test_report_opens_with_verdict_counts_per_kind_of_check_and_per_paper(report
     kinds = {k: [r for r in found if r.check and claims.kind_of(r.check) == k] for k in claims.KINDS}
     assert f"{len(kinds[claims.QUANTITATIVE])} quantitative checks (the paper's number):" in top
     assert f"{len(kinds[claims.DIRECTION])} direction-only checks (the sign of an effect):" in top
+    assert f"{len(kinds[claims.PROXY])} proxy checks (a consequence of the claim, not its quantity):" in top
     direction = metrics["checks"]["direction_only"]
     assert direction["reproduced"] == sum(r.verdict == claims.REPRODUCED for r in kinds[claims.DIRECTION])
     checks = metrics["checks"]
-    assert sum(checks["quantitative"].values()) + sum(checks["direction_only"].values()) + checks["not_checked"] == \
-        len(found) == sum(metrics["claims"].values())
+    assert sum(checks["quantitative"].values()) + sum(checks["direction_only"].values()) + \
+        sum(checks["proxy"].values()) + checks["not_checked"] == len(found) == sum(metrics["claims"].values())
     assert metrics["missing"] == 0 and "Partial results" not in md
     rows = [line.split(" | ") for line in top.splitlines() if line.startswith("| P")]
     assert {row[1] for row in rows} == {r.claim["paper"] for r in found}

@@ -4,7 +4,8 @@ A claim's ``check`` says how its quantity is computed from our tables; nothing h
 number. Every check is evaluated per *unit*: the runs of one experiment, or of a group of experiments
 that differ only in the rewind point k (the Stabilizing/LMC sweeps). Within a unit, the quantity is
 computed once per seed, and the claim's expectation is tested on the mean over seeds; the report
-shows mean, min and max over seeds and n. The verdict is
+shows mean, min and max over seeds and n. A quantity read off a curve (a best level, a last density,
+an onset) is read off the mean-over-seeds curve, as the papers read theirs. The verdict is
 
 - ``reproduced`` / ``not reproduced`` / ``inconclusive``: the unit's data exists and the expectation
   holds / fails by more than the noise, or the noise cannot tell (:data:`NOISE_RULE`);
@@ -27,23 +28,30 @@ Check vocabulary (config/claims.yaml documents the fields once more for its read
   runs rewound to ``rewind`` (``min``, ``max`` or a step k) where the unit sweeps k;
 - measures: ``value``, ``difference`` (a - b), ``ratio`` (a / b), ``versus_dense`` (of against the
   dense net), ``best`` (the best or worst pruned level against the dense net), ``last_density`` (the
-  density down to which every level keeps a condition against the dense net), ``barrier``
+  density down to which every level keeps a condition against the dense net; ``from_density``: the
+  density where the claim's range starts), ``barrier``
   (instability of the SGD-noise copies of ``of.branch``: ``copy`` = the IMP network, default, or
   ``copy_random_prune`` / ``copy_random_reinit``), ``barrier_trend`` (barrier at the smallest k minus at
-  the largest k), ``onset`` (smallest k whose mean barrier over all pairs is below a threshold),
+  the largest k), ``onset`` (smallest k of the grid run whose mean barrier is below a threshold),
   ``successive_iff_matching`` (Paul et al. 2023; ``masks`` that must all show a zero barrier,
   ``max_density`` of the levels the claim is about);
 - ``expect``: ``{op: '>'|'>='|'<'|'<=', value}``, ``{op: within, value, tol}`` or
-  ``{op: within_factor, value, factor}``.
+  ``{op: within_factor, value, factor}``;
+- ``proxy``: why a check that measures a consequence of the claim, not its quantity, stands in for it
+  (counted apart: :data:`PROXY`); ``unreachable``: why the check cannot say "reproduced" at the suite's
+  scale even when the paper's number comes back (printed beside its verdict;
+  tests/test_reachability.py holds every check to reachability but these).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -62,22 +70,37 @@ opposed to NOT_RUN: the suite has such an experiment and the results at hand do 
 DECIDED = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
 """The verdicts of a check that was computed on data (the others say why it was not)."""
 NOISE_Z = 2.0
+"""Normal sigmas of a range built on a known error (binomial, eval interval); a seed spread, estimated from
+the seeds themselves, gets Student's t quantile of the same coverage (:func:`t_quantile`)."""
+COVERAGE = NormalDist().cdf(NOISE_Z)
+"""One-sided coverage of each end of a range (97.7 %)."""
 NOISE_RULE = (
-    "Every computed check has a range: its mean over seeds ± " + f"{NOISE_Z:g}" + " x its noise (an onset: the "
-    "rewind points between which the mean barrier over all pairs first falls under the threshold, or above the "
-    "largest k run if it never does). A check is reproduced "
-    "when the whole range meets the expectation (for within / within_factor: lies inside the tolerance "
-    "band), not reproduced when none of it does, else inconclusive. Noise of a mean of n values = "
-    "max(seed spread, measurement error): seed spread = sample standard deviation / sqrt(n) (n >= 2); "
-    "measurement error / sqrt(n), where a test accuracy p on N test images has binomial error "
-    "100 sqrt(p (1 - p) / N) (a difference of two: sqrt 2 times that; a ratio a / b: (a / b) x the root sum "
-    "of squares of the relative errors), an early-stopping iteration has the eval interval, and an error "
-    "barrier (peak minus the mean of the endpoints) has 100 sqrt(1.5 p (1 - p) / N) with p the mean test "
-    "error of the points involved, and its spread is taken over all pairs of all seeds; a trend of two "
-    "barriers combines their noises in quadrature; a last density is known to one pruning level (its range "
-    "reaches the next level's density). Where no noise is definable the row says so and the verdict rests "
-    "on the mean.")
-"""The noise floor of a verdict (issue 11). The binomial term is how much one network's accuracy on N
+    "Every computed check has a range; it is reproduced when the whole range meets the expectation (for within / "
+    "within_factor: lies inside the tolerance band), not reproduced when none of it does, else inconclusive. "
+    "The range of a mean over n independent units (seeds; a barrier's pairs are not independent, since the pairs "
+    "of a seed share its parent network, so barriers count seeds too) is the mean ± max(t x seed spread, "
+    f"{NOISE_Z:g} x measurement error). Seed spread = sample standard deviation / sqrt(n), with t Student's quantile "
+    f"for n - 1 degrees of freedom at the coverage of {NOISE_Z:g} sigma (t = 14.0, 4.53, 2.87 for n = 2, 3, 5; no "
+    "spread term for n = 1). Measurement error: a test accuracy p on N test images has binomial error "
+    "100 sqrt(p (1 - p) / N) (a difference of two: sqrt 2 times that; a ratio a / b: (a / b) x the root sum of "
+    "squares of the relative errors), and an error barrier (peak minus the mean of the endpoints) 100 sqrt(1.5 p "
+    "(1 - p) / N) with p the mean test error of the points involved. Every seed is evaluated on the same test "
+    "images, so this error does not shrink with n, except where a check compares with the paper's own number "
+    "on the paper's whole test split: the test set's luck is then common to the paper's networks and ours and "
+    "cancels, and what is left, one network's noise (at most the binomial error), shrinks as 1 / sqrt(n). An "
+    "early-stopping iteration has the eval interval, one network's own (/ sqrt(n)). A trend of two barriers "
+    "combines their ranges in quadrature. Curves are read on the mean over seeds: a best (worst) level is the "
+    "extreme of the mean curve, with the range of that one level; a last density is, going sparser, the last "
+    "level before the condition fails on the mean curve, and its range runs from the first level whose whole "
+    "range fails (the true last density lies above it) to the level before the first one whose range does not "
+    "wholly hold; an onset is the first rewind point whose mean barrier is under the threshold, and its range "
+    "runs from the first k whose barrier range reaches under the threshold to the first k whose whole range is "
+    "under it (above the largest k run if none is). A mean that is not finite (a zero denominator, e.g. an "
+    "early-stopping step of 0) gets no verdict: inconclusive, with the reason. Where no noise is definable the "
+    "row says so and the verdict rests on the mean. Multiplicity: about 90 checks are each decided at this "
+    "coverage with no correction for their number, so a few wrong verdicts among them are expected by chance "
+    "alone; read one verdict as one test among many, and a pattern across checks and papers as the evidence.")
+"""The noise floor of a verdict (issues 11, 21). The binomial term is how much one network's accuracy on N
 test images moves by chance; it is what a single seed cannot tell apart from an effect (the quick run's
 "+0.50 pp on 2,000 images, one seed" was +0.5 pp on one machine and -0.05 pp on another). The same range
 decides quantitative checks: a mean inside the paper's tolerance by less than its noise could as well be
@@ -88,10 +111,12 @@ DENSITY_MATCH = 1.12
 PERCENT_METRICS = {"final_test_acc", "early_stop_test_acc", "final_train_acc"}
 METRIC_UNITS = {"early_stop_step": "iterations", "final_train_loss": "nats", "final_test_loss": "nats"}
 OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
-QUANTITATIVE, DIRECTION = "quantitative", "direction only"
-KINDS = (QUANTITATIVE, DIRECTION)
-"""A check either tests the paper's number (within a tolerance or a factor) or only the direction of the
-effect (>, <); the report's headline counts the two apart, as a reviewer weighs them differently."""
+QUANTITATIVE, DIRECTION, PROXY = "quantitative", "direction only", "proxy"
+KINDS = (QUANTITATIVE, DIRECTION, PROXY)
+"""A check either tests the paper's number (within a tolerance or a factor), or only the direction of the
+effect (>, <), or is a proxy: it measures something the claim implies, not the claim's own quantity (its
+``proxy`` key says why it stands in). The report's headline counts the three apart, as a reviewer weighs
+them differently."""
 
 
 class ClaimsError(ValueError):
@@ -114,9 +139,14 @@ class Result:
     unit_label: str = ""
     detail: str = ""
     noise: float | None = None
-    """The noise of the mean (:data:`NOISE_RULE`), in the check's unit, where the rule applies."""
+    """The half-width of the range around the mean (:data:`NOISE_RULE`), in the check's unit, where the
+    rule applies."""
     interval: tuple[float, float] | None = None
     """The range the verdict was decided on (:data:`NOISE_RULE`), in the check's unit."""
+    unreachable: str = ""
+    """Why this check cannot say "reproduced" at the suite's scale even when the paper's number comes back
+    (the check's ``unreachable`` key; tests/test_reachability.py holds the list); the report prints it
+    beside the verdict."""
 
     def summary(self) -> str:
         """mean (min..max, n) in the check's unit, or the reason it was not computed."""
@@ -233,6 +263,13 @@ def load(path: Path) -> list[dict[str, Any]]:
                     raise ClaimsError(f"{path}: claim {cid}: unknown protocol {proto!r} (protocols.<name>.match)")
             if (chk.get("expect") or {}).get("op") not in (*OPS, "within", "within_factor"):
                 raise ClaimsError(f"{path}: claim {cid}: check.expect.op must be one of >, >=, <, <=, within, within_factor")
+            for key in ("proxy", "unreachable"):
+                if key in chk and not (isinstance(chk[key], str) and chk[key].strip()):
+                    raise ClaimsError(f"{path}: claim {cid}: check.{key} must say why, in words")
+            start = chk.get("from_density", 1.0)
+            if chk["measure"] != "last_density" and "from_density" in chk or \
+                    not isinstance(start, (int, float)) or not 0 < start <= 1:
+                raise ClaimsError(f"{path}: claim {cid}: check.from_density is a fraction in (0, 1] of a last_density check")
             if ONSET_QUANTITY.match(str(c["quantity"])) and unit_of(chk) != "iterations" and \
                     not str(chk.get("label", "")).startswith("direction only"):
                 raise ClaimsError(f"{path}: claim {cid}: the paper's quantity is an iteration; a check in "
@@ -285,18 +322,20 @@ def evaluate(claims: list[dict[str, Any]], jobs: pd.DataFrame, configs: dict[str
             label = chk.get("label", "")
             units = _units(chk, jobs, configs)
             if not units:
-                out.append(_absent(claim, chk, label, paper_suite))
+                out.append(dataclasses.replace(_absent(claim, chk, label, paper_suite),
+                                               unreachable=chk.get("unreachable", "")))
                 continue
             for name, unit in units:
                 try:
                     m = MEASURES[chk["measure"]](chk, unit, Context(analyses, configs))
                 except NotRun as e:
-                    out.append(Result(claim, _join(label, name), NOT_RUN, chk, detail=str(e)))
+                    out.append(Result(claim, _join(label, name), NOT_RUN, chk, detail=str(e),
+                                      unreachable=chk.get("unreachable", "")))
                     continue
                 verdict, interval, noise_note = decide(chk["expect"], m)
                 detail = "; ".join(filter(None, [m.detail, noise_note, _reinit_note(chk, unit)]))
                 out.append(Result(claim, _join(label, name), verdict, chk, list(map(float, m.values)), unit_of(chk),
-                                  detail, m.noise, interval))
+                                  detail, m.noise, interval, chk.get("unreachable", "")))
     return out
 
 
@@ -349,9 +388,10 @@ class Context:
 
 @dataclass
 class Measured:
-    """A measure's per-seed values, what exactly was compared, and the noise of their mean
-    (:data:`NOISE_RULE`): ``noise`` (the range is mean ± NOISE_Z noise), or an explicit ``interval``
-    (an onset between two rewind points), or neither with ``no_noise`` saying why."""
+    """A measure's per-seed values (a curve measure: its one value on the mean curve), what exactly was
+    compared, and the range of their mean (:data:`NOISE_RULE`): ``noise``, the half-width of the range
+    around the mean, or an explicit ``interval`` (an onset, a last density), or neither with ``no_noise``
+    saying why."""
 
     values: list[float]
     detail: str
@@ -362,15 +402,17 @@ class Measured:
 
 def decide(expect: dict[str, Any], m: Measured) -> tuple[str, tuple[float, float] | None, str]:
     """The verdict of :data:`NOISE_RULE` on the measured range, the range, and a note where no noise
-    was definable."""
+    was definable or the mean is not finite."""
     mean = float(np.mean(m.values)) if m.values else math.nan
     note = ""
     if m.interval is not None:  # may be open-ended: never stable up to the largest k puts an onset above it
         lo, hi = m.interval
     elif not math.isfinite(mean):
-        return NOT_REPRODUCED, None, ""
+        bad = sum(not math.isfinite(v) for v in m.values)
+        return INCONCLUSIVE, None, (f"{bad} of {len(m.values)} value(s) not finite (a ratio with a zero denominator, "
+                                    "e.g. an early-stopping step of 0): no verdict on an undefined quantity")
     elif m.noise is not None and math.isfinite(m.noise):
-        lo, hi = mean - NOISE_Z * m.noise, mean + NOISE_Z * m.noise
+        lo, hi = mean - m.noise, mean + m.noise
     else:
         lo = hi = mean
         note = f"no noise definable ({m.no_noise or 'no error model for this quantity'}): decided on the mean"
@@ -387,10 +429,11 @@ def decide(expect: dict[str, Any], m: Measured) -> tuple[str, tuple[float, float
     return verdict, ((lo, hi) if note == "" else None), note
 
 
-def noise(values: list[float], p: float, test_size: int, difference: bool) -> float:
-    """The noise of the mean of ``values`` (in % or pp) by :data:`NOISE_RULE`: the larger of the seed
-    spread and the binomial error of accuracies ``p`` measured on ``test_size`` examples."""
-    return _noise(values, (math.sqrt(2) if difference else 1) * binomial(p, test_size))
+def noise(values: list[float], p: float, test_size: int, difference: bool, shared: bool = True) -> float:
+    """The half-width of the range of the mean of ``values`` (in % or pp) by :data:`NOISE_RULE`: the larger
+    of t x the seed spread and NOISE_Z x the binomial error of accuracies ``p`` measured on ``test_size``
+    examples, which every seed ``shared`` (one test set) or not."""
+    return _half_width(values, (math.sqrt(2) if difference else 1) * binomial(p, test_size), shared)
 
 
 def binomial(p: float, n: int) -> float:
@@ -398,11 +441,42 @@ def binomial(p: float, n: int) -> float:
     return 100 * math.sqrt(max(p * (1 - p), 0.0) / n)
 
 
-def _noise(values: list[float], error: float) -> float:
-    """max(seed spread, per-value measurement ``error`` / sqrt(n)), the rule's noise of a mean."""
+def _half_width(values: list[float], error: float, shared: bool) -> float:
+    """max(t x seed spread, NOISE_Z x measurement error of the mean): ``error`` is one value's, and it
+    shrinks as 1 / sqrt(n) only where the values do not share it (``shared``: one test set)."""
     n = len(values)
-    spread = float(np.std(values, ddof=1)) / math.sqrt(n) if n >= 2 else 0.0
-    return max(spread, error / math.sqrt(n))
+    spread = t_quantile(n) * float(np.std(values, ddof=1)) / math.sqrt(n) if n >= 2 else 0.0
+    return max(spread, NOISE_Z * error / (1.0 if shared or n < 1 else math.sqrt(n)))
+
+
+def t_quantile(n: int) -> float:
+    """Student's t quantile for the mean of n values (n - 1 degrees of freedom) at :data:`COVERAGE`, the
+    coverage of NOISE_Z normal sigmas: 13.97 for n = 2, 4.53 for 3, 2.87 for 5, toward 2 as n grows."""
+    if n < 2:
+        return math.inf
+    lo, hi = 0.0, 1e4
+    while hi - lo > 1e-9 * hi:  # P(|T| < t) grows with t
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _t_central(mid, n - 1) < 2 * COVERAGE - 1 else (lo, mid)
+    return hi
+
+
+def _t_central(t: float, df: int) -> float:
+    """P(|T| < t) for Student's t with ``df`` degrees of freedom, in closed form (Abramowitz & Stegun
+    26.7.3-4)."""
+    theta = math.atan(t / math.sqrt(df))
+    c2 = math.cos(theta) ** 2
+    if df % 2:  # odd: 2/pi (theta + sin cos (1 + 2/3 cos^2 + 2.4/(3.5) cos^4 + ...))
+        term, total = 1.0, 1.0 if df > 1 else 0.0
+        for k in range(1, (df - 1) // 2):
+            term *= 2 * k / (2 * k + 1) * c2
+            total += term
+        return 2 / math.pi * (theta + math.sin(theta) * math.cos(theta) * total)
+    term, total = 1.0, 1.0  # even: sin (1 + 1/2 cos^2 + 1.3/(2.4) cos^4 + ...)
+    for k in range(1, df // 2):
+        term *= (2 * k - 1) / (2 * k) * c2
+        total += term
+    return math.sin(theta) * total
 
 
 def _reinit_note(chk: dict[str, Any], unit: pd.DataFrame) -> str:
@@ -468,7 +542,10 @@ def _join(a: str, b: str) -> str:
 
 
 def kind_of(chk: dict[str, Any]) -> str:
-    """:data:`QUANTITATIVE` when the check compares with the paper's value, else :data:`DIRECTION`."""
+    """:data:`PROXY` when the check stands in for the claim's quantity (its ``proxy`` key), else
+    :data:`QUANTITATIVE` when it compares with the paper's value, else :data:`DIRECTION`."""
+    if chk.get("proxy"):
+        return PROXY
     return QUANTITATIVE if chk["expect"]["op"] in ("within", "within_factor") else DIRECTION
 
 
@@ -575,21 +652,41 @@ def _density(chk: dict[str, Any], unit: pd.DataFrame) -> str:
     return col
 
 
-def _error(metric: str, x: pd.Series, unit: pd.DataFrame, ctx: Context) -> tuple[pd.Series | None, str]:
-    """The measurement error of each value of ``metric`` (in its scaled unit) by :data:`NOISE_RULE`, or
-    None and why not."""
+@dataclass(frozen=True)
+class Errors:
+    """The measurement error of each value of a metric (:func:`_error`), or None and ``why`` not, and
+    whether every seed ``shared`` it (a test set's luck: then it does not shrink with the seeds)."""
+
+    values: pd.Series | None
+    why: str = ""
+    shared: bool = False
+
+
+def _error(chk: dict[str, Any], metric: str, x: pd.Series, unit: pd.DataFrame, ctx: Context) -> Errors:
+    """The measurement error of each value of ``metric`` (in its scaled unit) by :data:`NOISE_RULE`."""
     exps = unit["experiment"].unique()
     if metric in ("final_test_acc", "early_stop_test_acc"):
         sizes = [tables.test_set_size(ctx.configs[e]) for e in exps if "data" in ctx.configs.get(e, {})]
         if not sizes:
-            return None, "test-set size unknown"
-        return x.map(lambda a: binomial(a / 100, min(sizes))), ""
+            return Errors(None, "test-set size unknown", True)
+        return Errors(x.map(lambda a: binomial(a / 100, min(sizes))), "", not _papers_test_set(chk, exps, ctx))
     if metric == "early_stop_step":
         steps = {_eval_interval(ctx.configs.get(e, {})) for e in exps}
         if None in steps or not steps:
-            return None, "eval interval unknown"
-        return pd.Series(float(max(steps)), index=x.index), ""
-    return None, f"no error model for {metric}"
+            return Errors(None, "eval interval unknown")
+        return Errors(pd.Series(float(max(steps)), index=x.index))
+    return Errors(None, f"no error model for {metric}")
+
+
+def _papers_test_set(chk: dict[str, Any], exps, ctx: Context) -> bool:
+    """The check compares with the paper's own number (it runs only on the paper's protocol) and these runs
+    evaluate the whole official test split, as the paper did: the test images' luck is then common to the
+    paper's networks and ours, and cancels from the comparison (:data:`NOISE_RULE`). A test subset is a
+    sample of its own."""
+    if not (chk.get("select") or {}).get("protocol"):
+        return False
+    data = [(ctx.configs.get(e) or {}).get("data") for e in exps]
+    return all(isinstance(d, dict) and d.get("name") != "synthetic" and not d.get("test_subset") for d in data)
 
 
 def _eval_interval(cfg: dict[str, Any]) -> int | None:
@@ -669,24 +766,25 @@ def _resolve_level(chk: dict[str, Any], unit: pd.DataFrame, at: Any, operands: l
 
 
 def _operands(chk: dict[str, Any], unit: pd.DataFrame, names: tuple[str, ...], ctx: Context
-              ) -> tuple[list[pd.Series], list[pd.Series | None], int, str, str]:
+              ) -> tuple[list[pd.Series], list[pd.Series | None], int, str, str, bool]:
     """Per-seed values of the named operands (``{branch, rewind}``) at the check's level ``at``, their
-    measurement errors (:func:`_error`), the level, the metric, and why an error is unknown."""
+    measurement errors (:func:`_error`), the level, the metric, why an error is unknown, and whether the
+    seeds share it."""
     metric = _metric(chk, unit)
     specs = [chk[n] for n in names]
     rows = [_reinit_rows(chk, _rewind_rows(unit, s.get("rewind")), s["branch"]) for s in specs]
     level = _resolve_level(chk, rows[0], chk.get("at", "sparsest"), [(r, s["branch"]) for r, s in zip(rows, specs)])
-    series, errors, why = [], [], ""
+    series, errors, why, shared = [], [], "", False
     for r, s in zip(rows, specs):
         v = _per_seed(r, s["branch"], level, metric)
         if v.empty:
             raise NotRun(f"no {s['branch']} job at level {level}")
         v = _scaled(metric, v)
-        e, why_e = _error(metric, v, unit, ctx)
+        e = _error(chk, metric, v, unit, ctx)
         series.append(v)
-        errors.append(e)
-        why = why or why_e
-    return series, errors, level, metric, why
+        errors.append(e.values)
+        why, shared = why or e.why, shared or e.shared
+    return series, errors, level, metric, why, shared
 
 
 def _density_note(chk: dict[str, Any], unit: pd.DataFrame, level: int, metric: str) -> str:
@@ -725,10 +823,10 @@ def _combined(how: str, a: pd.Series, b: pd.Series, ea: pd.Series | None, eb: pd
     return float(np.mean(out)) if out else None
 
 
-def _measured(values: list[float], error: float | None, detail: str, why: str) -> Measured:
+def _measured(values: list[float], error: float | None, detail: str, why: str, shared: bool) -> Measured:
     if error is None:
         return Measured(values, detail, no_noise=why)
-    return Measured(values, detail, noise=_noise(values, error))
+    return Measured(values, detail, noise=_half_width(values, error, shared))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -737,38 +835,45 @@ def _measured(values: list[float], error: float | None, detail: str, why: str) -
 
 
 def _value(chk, unit, ctx):
-    (v,), (e,), level, metric, why = _operands(chk, unit, ("of",), ctx)
-    return _measured(list(v), None if e is None else float(e.mean()), _density_note(chk, unit, level, metric), why)
+    (v,), (e,), level, metric, why, shared = _operands(chk, unit, ("of",), ctx)
+    return _measured(list(v), None if e is None else float(e.mean()), _density_note(chk, unit, level, metric), why,
+                     shared)
 
 
 def _difference(chk, unit, ctx):
-    (a, b), (ea, eb), level, metric, why = _operands(chk, unit, ("a", "b"), ctx)
+    (a, b), (ea, eb), level, metric, why, shared = _operands(chk, unit, ("a", "b"), ctx)
     return _measured(_paired(a, b, lambda x, y: x - y), _combined("difference", a, b, ea, eb),
-                     _density_note(chk, unit, level, metric), why)
+                     _density_note(chk, unit, level, metric), why, shared)
 
 
 def _ratio(chk, unit, ctx):
-    (a, b), (ea, eb), level, metric, why = _operands(chk, unit, ("a", "b"), ctx)
-    return _measured(_paired(a, b, lambda x, y: x / y if y else math.nan), _combined("ratio", a, b, ea, eb),
-                     _density_note(chk, unit, level, metric), why)
+    (a, b), (ea, eb), level, metric, why, shared = _operands(chk, unit, ("a", "b"), ctx)
+    return _measured(_paired(a, b, _divide), _combined("ratio", a, b, ea, eb),
+                     _density_note(chk, unit, level, metric), why, shared)
+
+
+def _divide(x: float, y: float) -> float:
+    """x / y, NaN where y is 0 (an undefined ratio, which :func:`decide` reports as such)."""
+    return x / y if y else math.nan
 
 
 def _versus_dense(chk, unit, ctx):
     """A branch at one level against the dense net (IMP level 0) of the same seed, ``as``: difference
     (x - x0), ratio (x / x0), speedup (x0 / x, for iteration counts) or reduction (100 (1 - x / x0) %)."""
-    (x,), (ex,), level, metric, why = _operands(chk, unit, ("of",), ctx)
+    (x,), (ex,), level, metric, why, shared = _operands(chk, unit, ("of",), ctx)
     dense = {**chk, "at": {"level": 0}, "dense": {"branch": "imp", "rewind": chk["of"].get("rewind")}}
-    (x0,), (ex0,), _, _, _ = _operands(dense, unit, ("dense",), ctx)
+    (x0,), (ex0,), _, _, _, _ = _operands(dense, unit, ("dense",), ctx)
     as_ = chk.get("as", "difference")
-    how = {"difference": lambda a, b: a - b, "ratio": lambda a, b: a / b, "speedup": lambda a, b: b / a,
-           "reduction": lambda a, b: 100 * (1 - a / b)}[as_]
+    how = {"difference": lambda a, b: a - b, "ratio": _divide, "speedup": lambda a, b: _divide(b, a),
+           "reduction": lambda a, b: 100 * (1 - _divide(a, b))}[as_]
     return _measured(_paired(x, x0, how), _combined(as_, x, x0, ex, ex0),
-                     _density_note(chk, unit, level, metric) + " vs. the dense net", why)
+                     _density_note(chk, unit, level, metric) + " vs. the dense net", why, shared)
 
 
-def _against_dense(chk, unit, ctx) -> tuple[pd.DataFrame, str, str, str]:
-    """Per seed and level >= 1: the branch's metric x and the dense net's x0 (IMP level 0), their
-    measurement errors ex, ex0 (NaN where unknown, with why), and the density column."""
+def _against_dense(chk, unit, ctx) -> tuple[pd.DataFrame, str, Errors, str]:
+    """Per seed and level >= 1 that every seed reached: the branch's metric x and the dense net's x0 (IMP
+    level 0), their measurement errors ex, ex0 (NaN where unknown; :class:`Errors` says why and whether
+    the seeds share them), and the density column."""
     metric = _metric(chk, unit)
     of = chk.get("of") or {"branch": "imp"}
     rows = _reinit_rows(chk, _rewind_rows(unit, of.get("rewind")), of["branch"])
@@ -786,67 +891,104 @@ def _against_dense(chk, unit, ctx) -> tuple[pd.DataFrame, str, str, str]:
     table["x"] = _scaled(metric, table[metric])
     table["x0"] = _scaled(metric, table["dense"])
     table = table.dropna(subset=["x", "x0"]).rename(columns={col: "d"})
-    ex, why = _error(metric, table["x"], unit, ctx)
-    ex0, _ = _error(metric, table["x0"], unit, ctx)
-    table["ex"] = ex if ex is not None else math.nan
-    table["ex0"] = ex0 if ex0 is not None else math.nan
-    return table, metric, why, col
+    seeds = set(table["seed"])  # a mean curve over the seeds needs every seed at every level it has
+    table = table.groupby("level").filter(lambda g: set(g["seed"]) >= seeds)
+    if table.empty:
+        raise NotRun(f"no {of['branch']} level that every seed reached")
+    ex = _error(chk, metric, table["x"], unit, ctx)
+    ex0 = _error(chk, metric, table["x0"], unit, ctx)
+    table["ex"] = ex.values if ex.values is not None else math.nan
+    table["ex0"] = ex0.values if ex0.values is not None else math.nan
+    return table, metric, ex, col
 
 
 def _best(chk, unit, ctx):
-    """The best (``pick: max``, default) or worst (``pick: min``) pruned level against the dense net,
-    ``as``: difference (x - x0), ratio, speedup (x0 / x, for iteration counts) or value (x itself)."""
-    table, metric, why, col = _against_dense(chk, unit, ctx)
+    """The best (``pick: max``, default) or worst (``pick: min``) pruned level of the mean-over-seeds curve
+    against the dense net, ``as``: difference (x - x0), ratio, speedup (x0 / x, for iteration counts) or
+    value (x itself). The paper reads its extreme off its mean curve; a mean of each seed's own extreme
+    would be biased away from it by the seeds' noise. The range is that of the one level picked."""
+    table, metric, errors, col = _against_dense(chk, unit, ctx)
     how = chk.get("as", "difference")
     gain = {"difference": table["x"] - table["x0"], "ratio": table["x"] / table["x0"],
             "speedup": table["x0"] / table["x"], "value": table["x"]}[how]
     rel = np.hypot(table["ex"] / table["x"], table["ex0"] / table["x0"])
     error = {"difference": np.hypot(table["ex"], table["ex0"]), "ratio": gain.abs() * rel, "speedup": gain.abs() * rel,
              "value": table["ex"]}[how]
-    table = table.assign(g=gain, e=error)
-    pick = table.groupby("seed")["g"].idxmin() if chk.get("pick") == "min" else table.groupby("seed")["g"].idxmax()
-    best = table.loc[pick]
-    where = ", ".join(f"{100 * d:.3g}%" for d in best["d"])
-    e = float(best["e"].mean())
+    table = table.assign(g=gain.replace([np.inf, -np.inf], np.nan), e=error)
+    curve = table.groupby("level")["g"].mean()
+    if curve.isna().all():
+        return Measured([math.nan], f"{how} undefined at every level ({metric})")
+    level = int(curve.idxmin() if chk.get("pick") == "min" else curve.idxmax())
+    at = table[table["level"] == level]
+    e = float(at["e"].mean())
     what = "of all weights" if col == "density_total" else "of prunable weights"
-    return _measured(list(best["g"]), e if math.isfinite(e) else None, f"attained at {where} {what} remaining ({metric})",
-                     why or "no error model")
+    extreme = "worst" if chk.get("pick") == "min" else "best"
+    return _measured(list(at["g"]), e if math.isfinite(e) else None,
+                     f"level {level} ({100 * at['d'].mean():.3g}% {what} remaining), the {extreme} of the mean over "
+                     f"{len(at)} seed(s) of {table['level'].nunique()} levels ({metric})",
+                     errors.why or "no error model", errors.shared)
 
 
 def _last_density(chk, unit, ctx):
-    """Going sparser level by level, the density of the last level before the condition first fails
-    (the LTH's "until P_m = ..." statements). The condition compares with the dense net:
-    ``cond: {op, offset}`` tests ``x op x0 + offset``. Known to one pruning level: the true last density
-    lies between the next level's density and the one reported, which is the verdict's range."""
-    table, metric, _, col = _against_dense(chk, unit, ctx)
+    """Going sparser level by level on the mean-over-seeds curve, the density of the last level before the
+    condition first fails (the LTH's "until P_m = ..." statements); the levels of the claim's range start
+    at ``from_density`` (a fraction; denser levels are not part of the claim). The condition compares with
+    the dense net: ``cond: {op, offset}`` tests ``x op x0 + offset`` on the mean over seeds of x - x0. A
+    level's condition holds surely when its whole range (:data:`NOISE_RULE`) meets it and fails surely when
+    none does; the verdict's range runs from the first level that surely fails (the true last density lies
+    above it: one pruning level of grid) to the level before the first that does not surely hold."""
+    table, metric, errors, col = _against_dense(chk, unit, ctx)
     cond = chk.get("cond") or {"op": ">=", "offset": 0.0}
-    out, below = [], []
-    for _, g in table.sort_values("level").groupby("seed"):
-        ok = OPS[cond["op"]](g["x"], g["x0"] + cond.get("offset", 0.0)).to_numpy()
-        fails = np.flatnonzero(~ok)
-        d = 100 * g["d"].to_numpy(dtype=float)
-        if len(fails) == 0:
-            out.append(d.min())  # holds at every level trained: a lower bound
-            below.append(0.0)
-        elif fails[0] == 0:
-            out.append(100.0)
-            below.append(d[0])
-        else:
-            out.append(d[fails[0] - 1])
-            below.append(d[fails[0]])
-    sparsest = 100 * table["d"].min()
+    op, offset = OPS[cond["op"]], cond.get("offset", 0.0)
+    start = 100 * chk.get("from_density", 1.0)
+    densities, holds, sure, fails = [], [], [], []
+    for level, g in table.sort_values("level").groupby("level"):
+        d = 100 * float(g["d"].mean())
+        if d > start * DENSITY_MATCH:
+            continue
+        diff = list(g["x"] - g["x0"])
+        mean = float(np.mean(diff))
+        e = float(np.hypot(g["ex"], g["ex0"]).mean())
+        h = _half_width(diff, e if math.isfinite(e) else 0.0, errors.shared)
+        ends = [op(mean - h, offset), op(mean + h, offset)]
+        densities.append(d)
+        holds.append(op(mean, offset))
+        sure.append(all(ends))
+        fails.append(not any(ends))
+    if not densities:
+        raise NotRun(f"no level at or below {start:.3g}% remaining, where the claim's range starts")
+
+    def before(i: int | None) -> float:  # the last density if the chain ends at level index i
+        return densities[-1] if i is None else densities[i - 1] if i > 0 else start
+
+    first = lambda flags: next((i for i, f in enumerate(flags) if f), None)  # noqa: E731
+    point = before(first([not h for h in holds]))
+    surely_failing = first(fails)
+    interval = (densities[surely_failing] if surely_failing is not None else 0.0, before(first([not x for x in sure])))
     what = "all weights" if col == "density_total" else "prunable weights"
-    detail = f"{metric}; % of {what}; sparsest level trained: {sparsest:.3g}% (a value equal to it is a lower bound)"
-    return Measured(out, detail, interval=(float(np.mean(below)), float(np.mean(out))))
+    range_note = f", from {start:.3g}%" if start < 100 else ""
+    unknown = f"; {errors.why}: the range covers the level grid only" if errors.values is None and errors.why else ""
+    detail = (f"{metric}; % of {what}; on the mean over {table['seed'].nunique()} seed(s){range_note}; sparsest "
+              f"level trained: {densities[-1]:.3g}% (a value equal to it is a lower bound){unknown}")
+    return Measured([point], detail, interval=interval)
 
 
 # ---- instability (Frankle et al. 2020) ------------------------------------------------------------
 
-def barrier_noise(pairs: pd.DataFrame, test_size: int | None) -> float | None:
-    """The noise of a mean barrier over ``pairs`` (all pairs of all seeds) by :data:`NOISE_RULE`."""
-    if pairs.empty or not test_size:
-        return None
-    return _noise(list(pairs["barrier"]), math.sqrt(1.5) * binomial(float(pairs["error"].mean()) / 100, test_size))
+def barrier_noise(pairs: pd.DataFrame, test_size: int | None, shared: bool = True, column: str = "barrier") -> float:
+    """The half-width of the range of a mean barrier over ``pairs`` by :data:`NOISE_RULE`. The units are
+    the seeds (the pairs of a seed share its parent network, so they are not independent draws): t x the
+    spread of the per-seed means, against NOISE_Z x the binomial error of the test errors involved
+    (``error``; of a peak error (``column`` max_error): of that error), which every seed ``shared``
+    unless the check compares with the paper's own test set. Without a test-set size: the spread only."""
+    per_seed = list(pairs.groupby("seed")[column].mean())
+    if not test_size:
+        return _half_width(per_seed, 0.0, shared)
+    if column == "max_error":
+        error = binomial(float(pairs[column].mean()) / 100, test_size)
+    else:
+        error = math.sqrt(1.5) * binomial(float(pairs["error"].mean()) / 100, test_size)
+    return _half_width(per_seed, error, shared)
 
 
 def _instability_unit(chk, unit: pd.DataFrame, ctx: Context) -> pd.DataFrame:
@@ -895,10 +1037,8 @@ def _barrier(chk, unit, ctx):
     detail = _level_note(chk, unit, lv, rows["rewind_step"].unique())
     if n is None:
         return Measured(values, detail, no_noise="test-set size unknown")
-    pairs = rows.assign(barrier=rows[col])
-    if col == "max_error":  # a peak error: binomial error of one error rate
-        return Measured(values, detail, noise=_noise(list(pairs["barrier"]), binomial(float(pairs["barrier"].mean()) / 100, n)))
-    return Measured(values, detail, noise=barrier_noise(pairs, n))
+    shared = not _papers_test_set(chk, unit["experiment"].unique(), ctx)
+    return Measured(values, detail, noise=barrier_noise(rows, n, shared, col))
 
 
 def _barrier_trend(chk, unit, ctx):
@@ -916,26 +1056,37 @@ def _barrier_trend(chk, unit, ctx):
     n = _test_size(unit, ctx)
     if n is None:
         return Measured(values, detail, no_noise="test-set size unknown")
-    return Measured(values, detail, noise=math.hypot(barrier_noise(lo_pairs, n), barrier_noise(hi_pairs, n)))
+    shared = not _papers_test_set(chk, unit["experiment"].unique(), ctx)
+    return Measured(values, detail, noise=math.hypot(barrier_noise(lo_pairs, n, shared), barrier_noise(hi_pairs, n, shared)))
 
 
 def _onset(chk, unit, ctx):
-    """The smallest rewind point k where the mean barrier over all pairs of all seeds is below the
-    stability threshold (LMC: 2 %). The onset lies between the rewind point before it and it (the
-    verdict's range); never stable up to the largest k run puts it above that k."""
+    """The smallest rewind point k of the grid run whose mean barrier over the seeds is below the stability
+    threshold (LMC: 2 %): a point of the k grid, as the paper's onset is a point of its grid, so a k the
+    paper names can come back exactly. Its range (:data:`NOISE_RULE`) runs from the first k whose barrier
+    range reaches under the threshold to the first k whose whole range is under it; never stable up to
+    the largest k run puts it above that k."""
     b = _instability_unit(chk, unit, ctx)
     lv = _instability_level(chk, unit, b)
     rows = b[b["level"] == lv]
     threshold = chk.get("threshold", STABLE_PP)
-    mean = rows.groupby("rewind_step")["barrier"].mean().sort_index()
-    stable = mean[mean < threshold]
-    ks = list(mean.index)
-    note = _level_note(chk, unit, lv, ks) + f"; mean barrier over {len(rows)} pairs, threshold {threshold:g} pp"
-    if stable.empty:
-        return Measured([math.inf], f"not stable up to k = {ks[-1]:g}; {note}", interval=(float(ks[-1]), math.inf))
-    onset = float(stable.index[0])
-    before = [k for k in ks if k < onset]
-    return Measured([onset], note, interval=(float(before[-1]) if before else 0.0, onset))
+    n = _test_size(unit, ctx)
+    shared = not _papers_test_set(chk, unit["experiment"].unique(), ctx)
+    ks = sorted(rows["rewind_step"].dropna().unique())
+    onset = possible = sure = None
+    for k in ks:
+        pairs = rows[rows["rewind_step"] == k]
+        mean = float(pairs.groupby("seed")["barrier"].mean().mean())
+        h = barrier_noise(pairs, n, shared)
+        onset = k if onset is None and mean < threshold else onset
+        possible = k if possible is None and mean - h < threshold else possible
+        sure = k if sure is None and mean + h < threshold else sure
+    note = (_level_note(chk, unit, lv, ks) + f"; mean barrier over {rows['seed'].nunique()} seed(s) "
+            f"({len(rows)} pairs), threshold {threshold:g} pp" + ("" if n else "; test-set size unknown: seed spread only"))
+    interval = (float(possible if possible is not None else ks[-1]), float(sure) if sure is not None else math.inf)
+    if onset is None:
+        return Measured([math.inf], f"not stable up to k = {ks[-1]:g}; {note}", interval=interval)
+    return Measured([float(onset)], note, interval=interval)
 
 
 def _level_note(chk, unit: pd.DataFrame, level: int, ks) -> str:

@@ -396,10 +396,11 @@ def _headline_text(found: list[claims_mod.Result]) -> str:
         return ", ".join(f"**{n}** {v}" for v, n in c[kind].items() if n) or "none"
 
     n_claims = len({r.claim["id"] for r in found})
-    n_q, n_d = sum(c[claims_mod.QUANTITATIVE].values()), sum(c[claims_mod.DIRECTION].values())
-    return (f"**{n_claims} claims, {n_q + n_d} checks.** {n_q} quantitative checks (the paper's number): "
+    n_q, n_d, n_p = (sum(c[k].values()) for k in (claims_mod.QUANTITATIVE, claims_mod.DIRECTION, claims_mod.PROXY))
+    return (f"**{n_claims} claims, {n_q + n_d + n_p} checks.** {n_q} quantitative checks (the paper's number): "
             f"{some(claims_mod.QUANTITATIVE)}. {n_d} direction-only checks (the sign of an effect): "
-            f"{some(claims_mod.DIRECTION)}. {c[claims_mod.NOT_CHECKED][claims_mod.NOT_CHECKED]} claims the suite "
+            f"{some(claims_mod.DIRECTION)}. {n_p} proxy checks (a consequence of the claim, not its quantity): "
+            f"{some(claims_mod.PROXY)}. {c[claims_mod.NOT_CHECKED][claims_mod.NOT_CHECKED]} claims the suite "
             "does not check.")
 
 
@@ -472,9 +473,18 @@ def _by_paper(found: list[claims_mod.Result], cite: _Sources) -> list[tuple[str,
             "test": f"{claims_mod.kind_of(chk)}: {claims_mod.expectation(chk)}; {r.unit}" if chk else r.unit,
             "ours": _ours(r),
             "noise": f"± {r.noise:.2g} {r.unit_label}" if r.noise is not None else "",
-            "verdict": r.verdict,
+            "verdict": _verdict_cell(r),
         })
     return [(p, pd.DataFrame(rows)) for p, rows in groups.items()]
+
+
+def _verdict_cell(r: claims_mod.Result) -> str:
+    """The verdict, and beside it why the check cannot say "reproduced" at the suite's scale where it
+    cannot (its ``unreachable`` in config/claims.yaml, pinned by tests/test_reachability.py)."""
+    return f"{r.verdict} ({UNREACHABLE}: {r.unreachable})" if r.unreachable else r.verdict
+
+
+UNREACHABLE = "cannot be reproduced at the suite's scale"
 
 
 def _ours(r: claims_mod.Result) -> str:
@@ -488,7 +498,8 @@ def _by_reason(found: list[claims_mod.Result]) -> pd.DataFrame:
     reasons: dict[str, list[str]] = {}
     for r in found:
         unit = r.unit.removeprefix(PAPER_PROTOCOL).lstrip(", ")  # the reason already says which protocol
-        label = f"`{r.claim['id']}`" + (f" ({unit})" if unit else "")
+        label = f"`{r.claim['id']}`" + (f" ({unit})" if unit else "") + \
+            (f" ({UNREACHABLE}: {r.unreachable})" if r.unreachable else "")
         reasons.setdefault(r.detail or "(no reason given)", []).append(label)
     return pd.DataFrame([{"why": why, "n": len(ids), "checks": ", ".join(ids)}
                          for why, ids in sorted(reasons.items(), key=lambda kv: (-len(kv[1]), kv[0]))])
