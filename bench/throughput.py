@@ -63,7 +63,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from ticketbench import config, data, masks, models, train
-from ticketbench.runtime import Runtime
+from ticketbench.runtime import Runtime, set_float32_precision
 
 OUT = Path(__file__).parent / "out" / "throughput.json"
 PACKING_OUT = Path(__file__).parent / "out" / "packing.json"
@@ -322,8 +322,7 @@ def set_precision(precision: str, device: torch.device) -> str:
     """fp32, or TF32 matmuls and convolutions (CUDA Ampere and later; changes rounding). Returns what
     was applied: on the CPU, TF32 does not exist."""
     tf32 = precision == "tf32"
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
+    set_float32_precision(torch.backends, precision)  # as Runtime.apply sets it
     return precision if device.type == "cuda" or not tf32 else "tf32 not applicable on cpu (ran fp32)"
 
 

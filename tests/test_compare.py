@@ -231,6 +231,19 @@ def test_an_experiment_run_with_another_config_on_one_side_is_pointed_out(pair):
     assert compare.protocol_differences(jobs, jobs) == []
 
 
+def test_an_experiment_run_in_tf32_on_one_side_is_pointed_out_as_another_environment(pair, capsys):
+    """TF32 rounds every matmul and convolution to a 10-bit mantissa: not the noise the rule is about. Tables
+    made before the precision was recorded (no column) ran in fp32."""
+    config, jobs = pair
+    tf32 = jobs.assign(precision=jobs["precision"].where(jobs["experiment"] != "lth_tiny", "tf32"))
+    (note,) = compare.environment_differences(jobs.drop(columns="precision"), tf32)
+    assert note.startswith("lth_tiny: the two sides ran in different float32 precisions (fp32 vs. tf32)")
+    assert compare.environment_differences(jobs, jobs.assign(precision="fp32")) == []
+    code, out, _ = ticketbench(capsys, str(results(Path("a"), jobs)), str(results(Path("b"), tf32)), "--config",
+                               str(config), "--claims", str(CLAIMS))
+    assert "note: lth_tiny: the two sides ran in different float32 precisions (fp32 vs. tf32)" in out
+
+
 def test_rows_on_one_side_only_are_listed_and_fail_only_with_strict(pair, capsys):
     config, jobs = pair
     fewer = jobs[~((jobs["experiment"] == "lth_tiny") & (jobs["branch"] == "random_prune") & (jobs["level"] == 2))]

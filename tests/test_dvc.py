@@ -27,7 +27,7 @@ PROJECT = ["Snakefile", "workflow", "config", "profiles", "dvc.yaml", "dvc.lock"
            "results/dvc.lock", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore", "data/.gitignore",
            "src/ticketbench/config.py", "src/ticketbench/report", "src/ticketbench/analysis/__init__.py",
            "src/ticketbench/analysis/barriers.py", "src/ticketbench/layout.py", "src/ticketbench/plan.py"]
-CONFIGS = ("smoke", "quick")
+CONFIGS = ("smoke", "quick", "lenet")
 TABLES = [f"results/{c}/tables/{t}.csv" for c in CONFIGS for t in ("jobs", "hessian", "instability", "successive")]
 DRAWN = [p for c in CONFIGS for p in (f"results/{c}/tables/figures.csv", f"results/{c}/figures", f"results/{c}/report.md",
                                       f"results/{c}/report.html", f"results/{c}/metrics.json")]

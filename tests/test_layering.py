@@ -144,3 +144,15 @@ def test_the_layout_and_the_plan_do_not_import_torch():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'pandas', 'matplotlib')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_environment_is_a_low_floor_that_the_analyses_read_instead_of_the_report():
+    """Where a job ran and in which layout is read back from one low module (``environment``), so the
+    analyses, the audit and the CLI need no report module for it; no analysis imports the report."""
+    g = graph()
+    assert g[f"{PACKAGE}.environment"] == set()
+    analyses = [m for m in g if m.startswith(f"{PACKAGE}.analysis")]
+    assert {m: sorted(t for t in g[m] if t.startswith(f"{PACKAGE}.report")) for m in analyses} == {m: [] for m in analyses}
+    code = "import sys, ticketbench.environment; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]"

@@ -3,8 +3,9 @@
 tests/slurm/up.sh installs Debian's slurm-wlm + munge if needed and starts slurmctld/slurmd with two
 fake GPUs (gres), so the rules that request `gpu` are scheduled as on a GPU cluster. The settings a
 cluster without an accounting database needs (no account, status from squeue) and the partition are
-passed on the command line, as a user would add them to the profile. Skipped, saying why, only where
-SLURM cannot be brought up (not root, no apt)."""
+passed on the command line, as a user would add them to the profile. The fake GPUs cannot run CUDA, so
+the jobs train with device=cpu (with gpu > 0 and device auto they would stop: no usable CUDA device).
+Skipped, saying why, only where SLURM cannot be brought up (not root, no apt)."""
 
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def test_smoke_workflow_runs_through_the_slurm_executor_with_gpu_jobs(cluster, t
     shutil.copytree(REPO / "config", tmp_path / "config")
     env = {**os.environ, **cluster, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
     cmd = [str(BIN / "snakemake"), "--workflow-profile", "profiles/slurm", "--configfile", "config/smoke.yaml",
-           "--config", "gpu=1", "--jobs", "4", *LOCAL_CLUSTER]
+           "--config", "gpu=1", "device=cpu", "--jobs", "4", *LOCAL_CLUSTER]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=3600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]

@@ -303,10 +303,10 @@ def test_experiments_changed_on_the_command_line_are_refused(workdir):
 
 
 def test_runtime_keys_of_the_config_reach_every_job(workdir):
-    """The dataset checksum opt-out, strict determinism, the device and the layout are config keys; they
-    change how every job runs (training and analyses), never its identity."""
+    """The dataset checksum opt-out, strict determinism, the device, the float32 precision and the layout are
+    config keys; they change how every job runs (training and analyses), never its identity."""
     def edit(cfg):
-        cfg.update(verify_data=False, deterministic=True, device="cpu", memory_format="contiguous")
+        cfg.update(verify_data=False, deterministic=True, device="cpu", memory_format="contiguous", precision="tf32")
 
     edit_config(workdir / "config/smoke.yaml", edit)
     out = snakemake(workdir, "-n", "--printshellcmds", "--configfile", "config/smoke.yaml").stdout
@@ -314,7 +314,17 @@ def test_runtime_keys_of_the_config_reach_every_job(workdir):
     assert len(commands) == sum(n for rule, n in SMOKE_JOBS.items() if rule not in ("report", "all"))
     for cmd in commands:
         assert all(flag in cmd for flag in ("--no-verify", "--deterministic", "--device cpu",
-                                            "--memory-format contiguous")), cmd
+                                            "--memory-format contiguous", "--precision tf32")), cmd
+
+
+@pytest.mark.parametrize("gpu, device", [(1, "cuda"), (0, "auto")])
+def test_jobs_of_a_config_that_asks_for_gpus_require_cuda_instead_of_falling_back_to_the_cpu(workdir, gpu, device):
+    """device auto with gpu > 0 becomes --device cuda: a job without a usable GPU stops with an error naming the
+    cause (driver, --nv, CUDA_VISIBLE_DEVICES) instead of training on CPU threads inside a GPU allocation."""
+    edit_config(workdir / "config/smoke.yaml", lambda cfg: cfg.update(gpu=gpu, device="auto"))
+    out = snakemake(workdir, "-n", "--printshellcmds", "--configfile", "config/smoke.yaml").stdout
+    commands = re.findall(r"^Shell command: (ticketbench (?!report).*)$", out, flags=re.M)
+    assert commands and all(f"--device {device} " in cmd for cmd in commands)
 
 
 def test_a_data_root_that_does_not_exist_stops_the_workflow_before_any_job(workdir):

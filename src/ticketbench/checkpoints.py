@@ -9,6 +9,7 @@ checkpoint copied into the wrong run directory is refused with a message instead
 
 from __future__ import annotations
 
+import copy
 import errno
 import fcntl
 import hashlib
@@ -63,9 +64,13 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def save(path: str | Path, payload: dict[str, Any], *, kind: str, config_hash: str) -> str:
-    """Write ``payload`` (tensors and plain data) atomically; returns the body's SHA-256."""
+    """Write ``payload`` (tensors and plain data) atomically; returns the body's SHA-256.
+
+    Tensors are stored as CPU tensors, whatever device they are on: the same weights then make the same
+    bytes (and hash) on a CPU and a GPU, and a file loads on a machine without a GPU. A CPU tensor is
+    stored as it is (``Tensor.cpu`` returns it unchanged), so files written on the CPU keep their bytes."""
     buf = io.BytesIO()
-    torch.save(payload, buf)
+    torch.save(on_cpu(payload), buf)
     body = buf.getvalue()
     digest = hashlib.sha256(body).hexdigest()
     envelope = {"format": FORMAT, "kind": kind, "config_hash": config_hash, "sha256": digest, "body": body}
@@ -75,9 +80,30 @@ def save(path: str | Path, payload: dict[str, Any], *, kind: str, config_hash: s
     return digest
 
 
-def load(path: str | Path, *, kind: str, config_hash: str | None, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load and verify a file written by :func:`save`. ``config_hash=None`` skips the ownership check
-    (for tools such as the audit that read files of any run)."""
+def on_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor in its dicts, lists and tuples moved to the CPU (layout kept). What holds
+    only CPU tensors is returned as it is, and a dict keeps its type and attributes (a state dict's
+    ``OrderedDict`` and ``_metadata``), so that a file is the same bytes whichever device its tensors were on."""
+    if torch.is_tensor(obj):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        moved = {k: on_cpu(v) for k, v in obj.items()}
+        if all(moved[k] is v for k, v in obj.items()):
+            return obj
+        out = copy.copy(obj)
+        out.update(moved)
+        return out
+    if isinstance(obj, (list, tuple)):
+        moved_items = [on_cpu(v) for v in obj]
+        if all(a is b for a, b in zip(moved_items, obj)):
+            return obj
+        return moved_items if isinstance(obj, list) else tuple(moved_items)
+    return obj
+
+
+def load(path: str | Path, *, kind: str, config_hash: str | None) -> dict[str, Any]:
+    """Load and verify a file written by :func:`save`, onto the CPU. ``config_hash=None`` skips the ownership
+    check (for tools such as the audit that read files of any run)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: missing; rerun the step that produces it")
@@ -95,7 +121,7 @@ def load(path: str | Path, *, kind: str, config_hash: str | None, map_location: 
     if config_hash is not None and envelope["config_hash"] != config_hash:
         raise CheckpointError(f"{path}: made by config {envelope['config_hash']}, not this run's {config_hash}; "
                               f"it is in the wrong run directory (use a fresh --run-dir or delete it)")
-    return torch.load(io.BytesIO(envelope["body"]), map_location=map_location, weights_only=True)
+    return torch.load(io.BytesIO(envelope["body"]), map_location="cpu", weights_only=True)
 
 
 def sha256_of(path: str | Path) -> str:

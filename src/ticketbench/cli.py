@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoints import CheckpointError, WriteError
     from .config import ConfigError
 
-    bad_input: tuple[type[BaseException], ...] = (ConfigError, CheckpointError, WriteError)
+    bad_input: tuple[type[BaseException], ...] = (ConfigError, CheckpointError, WriteError, runtime.DeviceError)
     try:
         from .data import DatasetError
         from .train import Preempted, TrainingDiverged
@@ -222,8 +222,9 @@ def cmd_pack(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """Each job's stored network on the test set, prepared as it was trained (its mask, the memory layout
     its summary records), so the numbers are the ones training recorded; --memory-format overrides it."""
+    from .environment import recorded_layout
     from .imp import Run, run_root_of
-    from .report.audit import evaluate_state, recorded_layout
+    from .report.audit import evaluate_state
 
     rt = runtime.from_args(args)
     for job in args.jobs:

@@ -9,7 +9,8 @@ Randomness is counter-based: the order of epoch ``e`` is a permutation drawn fro
 augmentation of step ``s`` from ``(seed, s)``. A run resumed at any step therefore sees exactly the
 batches an uninterrupted run sees, without storing RNG state, and the data-order and augmentation
 streams are independent of each other and of initialization. Random numbers are drawn on the CPU, so a
-GPU run sees the same batches as a CPU run.
+GPU run sees the same batches as a CPU run; they reach the GPU in non-blocking copies from pinned memory
+(``to_device``), so no training step waits for the host.
 
 Files are read in their official formats (MNIST/Fashion-MNIST idx, optionally gzipped; CIFAR-10's binary
 version, else its python version through an unpickler that builds nothing but arrays) and checked against
@@ -588,7 +589,7 @@ class Batches:
     def permutation(self, epoch: int) -> torch.Tensor:
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(stream_seed(self.DATA_ORDER, self.order_seed, epoch))
-            self._perm, self._epoch = torch.randperm(self.n, generator=g).to(self.data.train.x.device), epoch
+            self._perm, self._epoch = to_device(torch.randperm(self.n, generator=g), self.data.train.x.device), epoch
         return self._perm
 
     def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -604,9 +605,20 @@ class Batches:
         """Random 4-pixel-padded crop and horizontal flip per sample, in one gather."""
         b = len(idx)
         g = torch.Generator().manual_seed(stream_seed(self.AUGMENTATION, self.aug_seed, step))
-        shifts = torch.randint(0, 9, (b, 2), generator=g).to(idx.device)
-        flip = (torch.rand(b, generator=g) < 0.5).to(idx.device)
-        rows = shifts[:, :1] + self._ar_h  # (b, h)
+        shifts = torch.randint(0, 9, (b, 2), generator=g)
+        flips = torch.rand(b, generator=g) < 0.5
+        # The step's draws go to the device as one tensor in one non-blocking copy: no step waits for the host.
+        draws = to_device(torch.cat([shifts, flips.long()[:, None]], 1), idx.device)  # (b, 3): dy, dx, flip
+        rows = draws[:, :1] + self._ar_h  # (b, h)
         cols_fwd = self._ar_w.expand(b, -1)
-        cols = torch.where(flip[:, None], cols_fwd.flip(1), cols_fwd) + shifts[:, 1:]  # (b, w)
+        cols = torch.where(draws[:, 2:].bool(), cols_fwd.flip(1), cols_fwd) + draws[:, 1:2]  # (b, w)
         return self.data.train.x[idx.view(b, 1, 1, 1), self._c, rows.view(b, 1, -1, 1), cols.view(b, 1, 1, -1)]
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on ``device`` without making the device wait: to CUDA through pinned memory with a
+    non-blocking copy (the copy is queued on the stream, before the kernels that read it; the pinned buffer
+    is not reused until it is done), and on the CPU the tensor itself."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)

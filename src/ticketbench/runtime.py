@@ -1,5 +1,5 @@
-"""How to run, not what to compute: the device, threads, data location, checkpoint interval and layout
-of a job, and the CLI flags that set them.
+"""How to run, not what to compute: the device, float32 precision, threads, data location, checkpoint
+interval and layout of a job, and the CLI flags that set them.
 
 This module sits below both the training code and the CLI, so that every subcommand (training,
 analyses, audit) takes the same runtime flags without importing the CLI. It must not import torch at
@@ -10,19 +10,29 @@ once. torch is imported inside the methods that need it.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
+log = logging.getLogger("ticketbench")
+
+
+class DeviceError(RuntimeError):
+    """The device that was asked for is not usable here; the message names the likely cause."""
+
 
 @dataclass(frozen=True)
 class Runtime:
-    """How to run, not what to compute: none of this changes a result, so none of it is hashed."""
+    """How to run, not what to compute: none of it is hashed. What changes the rounding (the device, the
+    memory layout, the float32 precision) is recorded in every summary.json (``environment``)."""
 
     device: str = "auto"
+    """cpu, cuda, cuda:N; auto = cuda if one is usable, else the CPU (logged). A CUDA device that was asked for
+    and is not usable is an error (``DeviceError``), never a silent fallback to the CPU."""
     threads: int = 0
     """CPU threads for torch (0 = leave torch's default). Pin it on shared machines."""
     data_root: str | None = None
@@ -43,6 +53,11 @@ class Runtime:
     The second records the same early-stop and final test numbers (every claim and figure reads those) at
     a fraction of the cost: a paper LeNet job spends about a third of its time on the 10,000 test images.
     Without a validation split every evaluation is an early-stop candidate, so the two are the same."""
+    precision: str = "fp32"
+    """float32 matmuls and convolutions on CUDA (``PRECISIONS``): fp32 = IEEE float32, the papers' arithmetic and
+    what the CPU computes; tf32 = TensorFloat-32 (10-bit mantissas) on Ampere and newer GPUs, faster and a
+    different environment: it changes results beyond the CPU-vs-GPU rounding, so summaries record it and
+    ``ticketbench compare`` says so. No effect on the CPU."""
     pack_mode: str = "auto"
     """How ``ticketbench pack`` trains its jobs (``PACK_MODES``): batched = one vmapped computation (pays on
     a GPU, where a lone small network is launch-bound; rounds differently from a lone job), sequential =
@@ -59,12 +74,23 @@ class Runtime:
         import torch
 
         if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            log.info("device auto: %s", f"cuda ({torch.cuda.get_device_name()})" if device.type == "cuda" else
+                     "cpu (torch sees no usable CUDA device)")
+            return device
+        device = torch.device(self.device)
+        if device.type == "cuda":
+            from .environment import cuda_problem
+
+            problem = cuda_problem(device.index)
+            if problem is not None:
+                raise DeviceError(f"--device {self.device}: {problem}")
+        return device
 
     def apply(self) -> torch.device:
         import torch
 
+        set_float32_precision(torch.backends, self.precision)
         if self.threads:
             torch.set_num_threads(self.threads)
         if self.deterministic:
@@ -77,6 +103,24 @@ class Runtime:
         return self.torch_device()
 
 
+def set_float32_precision(backends: Any, precision: str) -> None:
+    """Set the float32 precision of CUDA matmuls (cuBLAS) and convolutions (cuDNN) explicitly: torch's own
+    defaults differ between them (torch 2.14: IEEE matmuls, TF32 convolutions) and between versions.
+    ``backends`` is ``torch.backends``. A torch with the ``fp32_precision`` settings (2.14 has them) gets
+    those, an older one the ``allow_tf32`` flags; never both, since torch refuses to read a mix of the two
+    (``allow_tf32`` raises after ``fp32_precision`` was set). The CPU is not touched."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    tf32 = precision == "tf32"
+    if hasattr(backends.cuda.matmul, "fp32_precision") and hasattr(getattr(backends.cudnn, "conv", None), "fp32_precision"):
+        backends.cuda.matmul.fp32_precision = "tf32" if tf32 else "ieee"
+        backends.cudnn.conv.fp32_precision = "tf32" if tf32 else "ieee"
+    else:
+        backends.cuda.matmul.allow_tf32 = tf32
+        backends.cudnn.allow_tf32 = tf32
+
+
+PRECISIONS = ("fp32", "tf32")
 PACK_MODES = ("auto", "batched", "sequential")
 TEST_EVALS = ("every", "early-stop")
 
@@ -85,8 +129,12 @@ def add_arguments(p: argparse.ArgumentParser, training: bool = False, pack: bool
     """The runtime flags of a subcommand that opens a run; ``from_args`` reads them back. Only training
     subcommands offer ``--download`` and ``--checkpoint-seconds``: evaluating, auditing and analysing read
     networks that were trained, so their data is there and they write no training checkpoint."""
-    g = p.add_argument_group("runtime (does not change results)")
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    g = p.add_argument_group("runtime (not part of a run's identity; what changes rounding is recorded)")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default auto: cuda if usable, else cpu; "
+                                                    "an unusable cuda that was asked for is an error)")
+    g.add_argument("--precision", choices=PRECISIONS, default=Runtime.precision,
+                   help="float32 matmuls and convolutions on CUDA: fp32 = IEEE (default, as the CPU); tf32 = "
+                        "TensorFloat-32, faster, and recorded as a different environment")
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     g.add_argument("--data-root", help="directory with the dataset files (default: $TICKETBENCH_DATA or ./data)")
     g.add_argument("--no-verify", action="store_true", help="skip the MD5 check of user-supplied dataset copies")
@@ -116,4 +164,5 @@ def from_args(args: argparse.Namespace) -> Runtime:
                    checkpoint_seconds=getattr(args, "checkpoint_seconds", Runtime.checkpoint_seconds),
                    test_eval=getattr(args, "test_eval", Runtime.test_eval),
                    deterministic=args.deterministic, progress=not args.no_progress,
-                   memory_format=args.memory_format, pack_mode=getattr(args, "pack_mode", Runtime.pack_mode))
+                   memory_format=args.memory_format, precision=args.precision,
+                   pack_mode=getattr(args, "pack_mode", Runtime.pack_mode))

@@ -40,7 +40,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 from tqdm import tqdm
 
-from . import checkpoints
+from . import checkpoints, environment
 from .checkpoints import atomic_write
 from .config import RunConfig, TrainConfig
 from .data import Batches, Data, Split
@@ -170,7 +170,7 @@ def fit(model: nn.Module, data: Data, cfg: RunConfig, job: Job, runtime: Runtime
     _loop(model, opt, masked, data, cfg, job, runtime, eval_every, fmt == torch.channels_last, pos)
     elapsed = time.monotonic() - t0
     speed = (pos.step - first) * cfg.train.batch_size / elapsed if pos.step > first and elapsed > 0 else None
-    return _finish(model, data, cfg, job, pos, fmt, weight_shapes, speed)
+    return _finish(model, data, cfg, job, pos, fmt, weight_shapes, speed, environment.current(device, runtime.precision))
 
 
 def _resume(model: nn.Module, opt: torch.optim.Optimizer, job: Job, config_hash: str, device: torch.device) -> _Position:
@@ -178,7 +178,9 @@ def _resume(model: nn.Module, opt: torch.optim.Optimizer, job: Job, config_hash:
     ckpt_path = job.out / "checkpoint.pt"
     if not ckpt_path.is_file():
         return _Position(job.start, [], torch.zeros((), dtype=torch.float64, device=device), 0, False)
-    ck = checkpoints.load(ckpt_path, kind="checkpoint", config_hash=config_hash, map_location=device)
+    # Read onto the CPU (as stored): load_state_dict copies into the model and the optimizer moves its
+    # state to its parameters' device.
+    ck = checkpoints.load(ckpt_path, kind="checkpoint", config_hash=config_hash)
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
     if not job.start <= ck["step"] <= job.end:
@@ -231,8 +233,10 @@ def _loop(model: nn.Module, opt: torch.optim.Optimizer, masked: MaskedParameters
 
 
 def _finish(model: nn.Module, data: Data, cfg: RunConfig, job: Job, pos: _Position, fmt: torch.memory_format,
-            weight_shapes: dict[str, tuple[int, ...]], images_per_second: float | None) -> dict[str, Any]:
-    """Store the trained network, its metrics and its summary (written last: it marks the job done)."""
+            weight_shapes: dict[str, tuple[int, ...]], images_per_second: float | None,
+            env: dict[str, Any]) -> dict[str, Any]:
+    """Store the trained network, its metrics and its summary (written last: it marks the job done). ``env``
+    is where it ran (``environment.current``)."""
     train_loss, train_acc = evaluate(model, data.train_unpadded(), channels_last=fmt == torch.channels_last)
     rows = pos.rows
     metrics = pd.DataFrame(rows, columns=METRIC_COLUMNS)
@@ -251,6 +255,7 @@ def _finish(model: nn.Module, data: Data, cfg: RunConfig, job: Job, pos: _Positi
         "final_test_acc": rows[-1]["test_acc"],
         **early_stop(metrics),
         "images_per_second": images_per_second,
+        "environment": env,
     }
     checkpoints.save(job.out / "final.pt", {"model": model.state_dict()}, kind="model", config_hash=config_hash)
     atomic_write(job.out / "metrics.csv", metrics.to_csv(index=False))
@@ -539,8 +544,9 @@ def fit_packed(members: list[Member], runtime: Runtime, eval_every: int) -> list
     # Each member's own rate, as a lone job records it (the pack's aggregate is len(members) times this).
     speed = steps * members[0].cfg.train.batch_size / elapsed if steps > 0 and elapsed > 0 else None
     weight_shapes = {n: tuple(p.shape) for n, p in lone[0].net.named_parameters() if n in layer_kinds(lone[0].net)}
+    env = environment.current(device, runtime.precision)
     summaries = [_finish(lone[i].load(stack.member_state(i)), m.data, m.cfg, m.job, pos[i], lone[i].fmt, weight_shapes,
-                         speed) for i, m in enumerate(members)]
+                         speed, env) for i, m in enumerate(members)]
     ckpt_path.unlink(missing_ok=True)
     return summaries
 
@@ -551,7 +557,7 @@ def _resume_packed(stack: _Stack, opt: torch.optim.Optimizer, members: list[Memb
     if not ckpt_path.is_file():
         return [_Position(m.job.start, [], torch.zeros((), dtype=torch.float64, device=device), 0, False)
                 for m in members]
-    ck = checkpoints.load(ckpt_path, kind="checkpoint", config_hash=ident, map_location=device)
+    ck = checkpoints.load(ckpt_path, kind="checkpoint", config_hash=ident)  # onto the CPU, as in _resume
     for i, one in enumerate(ck["members"]):
         stack.load_member_state(i, one["model"])
     opt.load_state_dict(stack.stacked_optimizer([one["optimizer"] for one in ck["members"]]))

@@ -297,12 +297,18 @@ def training_runtime_flags(wildcards, threads):
 def runtime_flags(wildcards, threads):
     """Flags that change how a job runs, never what it computes (the CLI's runtime options, from the
     config's keys of the same names). Snakemake does not record params computed from ``threads`` (it
-    calls them derived), so changing them reruns nothing.
+    calls them derived), so changing them reruns nothing. A job of a config that asks for GPUs (gpu > 0)
+    runs with --device cuda where the device is auto: without a usable GPU it stops with an error naming
+    the cause, rather than training on the CPU for days.
     """
+    device = config["device"]
+    if device == "auto" and config["gpu"] > 0:
+        device = "cuda"
     flags = [
         f"--threads {threads}",
         "--no-progress",
-        f"--device {config['device']}",
+        f"--device {device}",
+        f"--precision {config['precision']}",
         f"--memory-format {config['memory_format']}",
     ]
     if config["data_root"]:

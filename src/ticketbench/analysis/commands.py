@@ -132,7 +132,7 @@ def _layout(job: Path, args: argparse.Namespace) -> str:
     """The memory layout a job's network is analysed in: the one it was trained in (its summary records
     it), unless --memory-format names another, as ``ticketbench evaluate`` does. Layout changes no
     math, but another layout rounds differently, so the analysed network is the trained one."""
-    from ..report.audit import recorded_layout
+    from ..environment import recorded_layout
 
     if args.memory_format != "auto":
         return args.memory_format

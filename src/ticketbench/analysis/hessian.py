@@ -33,9 +33,10 @@ What is computed, and why this way:
   definition could not be retrieved (``sal-missing-volume-def``), so both standard estimates are offered
   and ``HessianConfig.volume`` names the one reported as ``log_volume``.
 
-The Lanczos coefficients and the small tridiagonal eigenproblems are float64; vectors, the basis and the
-HVPs are in the model's dtype (float32 for trained networks: HVP rounding, ~1e-7 relative, is the floor
-of the residuals).
+The Lanczos coefficients and the small tridiagonal eigenproblems are float64 on the CPU; vectors, the
+basis and the HVPs are in the model's dtype and on its device (float32 for trained networks: HVP rounding,
+~1e-7 relative, is the floor of the residuals; that is IEEE float32, the runtime's default precision: TF32
+on a GPU would raise the floor to ~1e-3).
 """
 
 from __future__ import annotations
@@ -256,7 +257,8 @@ def top_eigenpairs(matvec: Matvec, start: Tensor, k: int, max_steps: int = 100, 
     state = lanczos(matvec, start, max_steps, done)
     theta, res, s = state.ritz()
     k_found = min(k, state.steps)
-    vectors = (s[:, :k_found].T.to(state.basis.dtype) @ state.basis)
+    # S comes from the float64 eigenproblem on the CPU; the basis lives where the model does.
+    vectors = s[:, :k_found].T.to(state.basis.device, state.basis.dtype) @ state.basis
     converged = k_found == k and (state.exhausted(start.dtype) or bool((res[:k] <= tol * theta[:k].abs()).all()))
     return Eigenpairs(values=theta[:k_found], residuals=res[:k_found], vectors=vectors, hvps=state.steps,
                       converged=converged, lanczos=state)

@@ -35,6 +35,7 @@ import pandas as pd
 
 from .. import layout
 from ..config import COPIES
+from ..environment import recorded_layout
 
 CHECKS = ("hash", "accuracy", "mask", "start")
 OK, FAIL, SKIP = "ok", "FAIL", "-"
@@ -149,11 +150,6 @@ def evaluate_state(run: Any, state: dict, mask: dict, layout: str) -> tuple[floa
     net = run.model()
     _, fmt = prepare(net, state, mask, run.data.test.x.device, layout)
     return evaluate(net, run.data.test, channels_last=fmt == torch.channels_last)
-
-
-def recorded_layout(summary: dict) -> str:
-    """The layout a job ran in; summaries written before it was recorded ran in today's ``auto`` choice."""
-    return summary.get("memory_format", "auto")
 
 
 def _close(a: float, b: float, atol: float) -> bool:

@@ -125,7 +125,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"ticketbench: error: {e}", file=sys.stderr)
         return 2
     claim_rows = compare.compare_claims(*found)
-    notes = compare.protocol_differences(a.jobs, b.jobs)
+    notes = compare.protocol_differences(a.jobs, b.jobs) + compare.environment_differences(a.jobs, b.jobs)
     notes += [f"claims not evaluated on {name}: {s.why_no_configs}" for name, s in (("A", a), ("B", b)) if s.configs is None]
     print(compare.render(rows, claim_rows, args.a, args.b, args.claims, notes))
     unevaluated = " and ".join(name for name, s in (("A", a), ("B", b)) if s.configs is None)

@@ -23,6 +23,10 @@ agree or differ (a claim whose value sits at its threshold can flip within noise
 shown). Rows or claims present on one side only are listed as missing; they count as disagreements only
 with ``strict``, because a partial rerun (fewer levels, one seed) is still worth comparing.
 
+The noise rule is about reproductions in one environment. An experiment run with another config on one side
+(``protocol_differences``), or in another float32 precision (``environment_differences``: TF32 on a GPU
+against fp32), is pointed out in a note: its rows compare two protocols or two environments.
+
 Pure functions first (the statistics, then the tables); reading the two sides (directories, git) last.
 """
 
@@ -38,6 +42,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..environment import DEFAULT_PRECISION
 from . import claims as claims_mod
 from . import document, tables
 
@@ -206,6 +211,25 @@ def protocol_differences(jobs_a: pd.DataFrame, jobs_b: pd.DataFrame) -> list[str
         if ha and hb and ha != hb:
             out.append(f"{exp}: the two sides ran different run configs (config hash {', '.join(sorted(ha))} vs. "
                        f"{', '.join(sorted(hb))}), so its rows compare two protocols")
+    return out
+
+
+def environment_differences(jobs_a: pd.DataFrame, jobs_b: pd.DataFrame) -> list[str]:
+    """Experiments whose networks ran in another float32 precision on one side (``precision``: fp32 or tf32;
+    tables made before it was recorded ran in fp32, ``environment.DEFAULT_PRECISION``). TF32 rounds every
+    matmul and convolution to a 10-bit mantissa: such rows compare two environments, and the noise rule, which
+    is about seeds and test-set size, does not cover the difference."""
+    def precisions(jobs: pd.DataFrame, exp: str) -> set[str]:
+        column = jobs["precision"] if "precision" in jobs.columns else pd.Series(DEFAULT_PRECISION, index=jobs.index)
+        return {DEFAULT_PRECISION if pd.isna(p) else str(p) for p in column[jobs["experiment"] == exp]}
+
+    out = []
+    for exp in sorted(set(jobs_a["experiment"]) & set(jobs_b["experiment"])):
+        pa, pb = precisions(jobs_a, exp), precisions(jobs_b, exp)
+        if pa != pb:
+            out.append(f"{exp}: the two sides ran in different float32 precisions ({', '.join(sorted(pa))} vs. "
+                       f"{', '.join(sorted(pb))}), a different environment: its rows compare two environments, not two "
+                       f"reproductions within noise")
     return out
 
 

@@ -13,6 +13,8 @@ the report convert it to "% remaining" when displaying. ``density_total`` counts
 the unpruned kinds included (the LTH's P_m, see ``masks.density_total``): use it where a paper does.
 ``reinit_start`` says where a reinitialized job's fresh weights started (``imp.reinit_start``). Jobs made
 before these two were recorded leave them empty; :func:`unrecorded` says so rather than guess.
+``precision`` is the float32 precision a job ran in (``environment.recorded_precision``: fp32 for jobs
+made before it was recorded, all of which ran on the CPU).
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ import yaml
 
 from .. import layout
 from ..analysis.barriers import barrier
+from ..environment import recorded_precision
 
 RUN_COLUMNS = ["experiment", "family", "group", "network", "dataset", "seed", "rewind_step", "run"]
 JOB_COLUMNS = ["experiment", "run", "config_hash", "seed", "branch", "level", "replicate", "density", "density_total",
                "final_test_acc", "final_test_loss", "final_train_loss", "final_train_acc",
                "early_stop_step", "early_stop_test_acc", "early_stop_val_loss", "start_step", "end_step", "reinit_start",
-               "job"]
+               "precision", "job"]
 SORT = ["experiment", "seed", "branch", "level", "replicate"]
 
 # The analyses' tables (written by ticketbench.analysis.commands, one CSV per job or per level in
@@ -68,7 +71,7 @@ def collect(run_dirs: list[Path]) -> pd.DataFrame:
         for path in sorted(run.glob(layout.JOB_GLOB)):
             s = json.loads(path.read_text())
             rows.append({**{k: s.get(k) for k in JOB_COLUMNS}, "experiment": cfg.get("name"), "run": run.name,
-                         "seed": (cfg.get("seeds") or {}).get("init", 0),
+                         "seed": (cfg.get("seeds") or {}).get("init", 0), "precision": recorded_precision(s),
                          "job": path.parent.relative_to(run).as_posix()})
     df = pd.DataFrame(rows, columns=JOB_COLUMNS)
     return df.sort_values(SORT, na_position="first", ignore_index=True)
