@@ -157,6 +157,33 @@ def test_a_row_compares_the_means_with_the_standard_error_computed_by_hand():
     assert row.status == compare.WITHIN  # 1 pp < 1.96 * 2.03 pp
 
 
+def test_within_noise_is_not_agreement_one_seed_on_2000_images_cannot_show_equivalence_within_1_point():
+    """Equal means on one seed each: within the noise, yet the interval is +-2.2 pp (z = 1.96 on one row,
+    SE = sqrt(2) * sqrt(.85 * .15 / 2000) = 1.13 pp), which no margin of 1 pp contains. Ten seeds per side
+    at the binomial floor shrink it to +-0.70 pp: equivalent within 1 pp, not within 0.5 pp."""
+    def jobs(accs):
+        return pd.DataFrame({"experiment": "e", "branch": "imp", "level": 1, "density": 0.8, "final_test_acc": accs,
+                             "early_stop_test_acc": math.nan})
+
+    one = compare.row_stats(jobs([0.85]), {"e": 2000})
+    (row,) = compare.compare_rows(one, one, alpha=0.05, margin=0.01).itertuples()
+    assert row.status == compare.WITHIN and row.equivalence == compare.NOT_EQUIVALENT
+    assert row.bound == pytest.approx(1.959964 * math.sqrt(2 * 0.85 * 0.15 / 2000), abs=1e-9)
+    assert row.bound == pytest.approx(0.0221, abs=1e-4)
+
+    ten = compare.row_stats(jobs([0.85] * 10), {"e": 2000})
+    assert compare.compare_rows(ten, ten, alpha=0.05, margin=0.01)["equivalence"].tolist() == [compare.EQUIVALENT]
+    assert compare.compare_rows(ten, ten, alpha=0.05, margin=0.005)["equivalence"].tolist() == [compare.NOT_EQUIVALENT]
+    assert "equivalence" not in compare.compare_rows(ten, ten, alpha=0.05).columns  # no margin: not asked
+
+
+def test_a_row_is_equivalent_only_when_the_whole_interval_lies_within_the_margin():
+    assert compare.equivalent(0.005, 0.004, 0.01)  # [0.1, 0.9] pp within +-1 pp
+    assert compare.equivalent(-0.006, 0.004, 0.01)  # [-1.0, -0.2] pp: touches the margin
+    assert not compare.equivalent(0.007, 0.004, 0.01)  # [0.3, 1.1] pp
+    assert not compare.equivalent(0.0, 0.011, 0.01)  # a zero difference with a wide interval shows nothing
+
+
 # --------------------------------------------------------------------------------------------------
 # The command
 # --------------------------------------------------------------------------------------------------
@@ -175,9 +202,40 @@ def test_a_results_directory_compared_with_itself_agrees_on_every_row_and_every_
     assert set(claim_rows["status"]) == {compare.AGREE}
     assert claim_rows["verdict_a"].eq("reproduced").any()  # the qualitative claims were decided, not just skipped
     z = compare.bonferroni_z(0.05, len(rows))
+    median = 100 * rows["bound"].median()
     assert summary_line(out) == (f"compare: {len(rows)} rows, {len(rows)} within noise, 0 beyond (z = {z:.2f}, Bonferroni "
-                                 f"over {len(rows)} rows at alpha 0.05); claims: {len(claim_rows)} agree, 0 compatible, 0 differ")
+                                 f"over {len(rows)} rows at alpha 0.05; within noise = not shown to differ, median bound "
+                                 f"{median:.2f} pp); claims: {len(claim_rows)} agree, 0 compatible, 0 differ")
     assert "sqrt(p(1-p)/N)" in out and f"{N:,} examples" in out  # the rule and the test-set size are stated
+    assert "not shown to differ" in out.split("compare: ")[0]  # said above the table too, beside each row's bound
+    assert rows["equivalence"].isna().all()  # no margin asked
+
+
+def test_with_a_margin_every_row_must_be_shown_equivalent_for_exit_0(pair, capsys):
+    """A copy of the tables is within the noise everywhere; whether it is shown equivalent depends on the
+    margin against each row's bound (about 0.6-1.3 pp here: 4,000 examples, a few seeds)."""
+    config, jobs = pair
+    a, b = str(results(Path("a"), jobs)), str(results(Path("b"), jobs))
+    common = ("--config", str(config), "--claims", str(CLAIMS), "-o", "compare.csv")
+    code, out, _ = ticketbench(capsys, a, b, *common, "--margin", "5")
+    found = pd.read_csv("compare.csv")
+    rows = found[found["kind"] == "accuracy"]
+    assert code == 0 and set(rows["equivalence"]) == {compare.EQUIVALENT} and (rows["margin"] == 0.05).all()
+    assert f"; margin 5 pp: {len(rows)} equivalent, 0 not shown equivalent; claims: " in summary_line(out)
+
+    code, out, _ = ticketbench(capsys, a, b, *common, "--margin", "0.1")
+    rows = pd.read_csv("compare.csv").query("kind == 'accuracy'")
+    assert code == 1  # nothing differs, yet nothing is shown equal to within 0.1 pp
+    assert set(rows["status"]) == {compare.WITHIN} and set(rows["equivalence"]) == {compare.NOT_EQUIVALENT}
+    assert " 0 beyond " in summary_line(out) and f"margin 0.1 pp: 0 equivalent, {len(rows)} not shown equivalent" in summary_line(out)
+    assert sum(line.rstrip().endswith(compare.NOT_EQUIVALENT) for line in out.splitlines()) == len(rows)
+
+    bound = rows["bound"].max()  # a margin just above the widest bound: every row of a zero difference is equivalent
+    assert ticketbench(capsys, a, b, *common, "--margin", f"{100 * bound + 0.01:.4f}")[0] == 0
+    assert ticketbench(capsys, a, b, *common, "--margin", f"{100 * bound - 0.01:.4f}")[0] == 1
+    with pytest.raises(SystemExit) as bad:
+        ticketbench(capsys, a, b, *common, "--margin", "-1")
+    assert bad.value.code == 2 and "positive number of percentage points" in capsys.readouterr().err
 
 
 def test_a_rerun_whose_accuracies_moved_by_much_less_than_the_binomial_error_agrees(pair, capsys):

@@ -30,6 +30,9 @@ REWIND = "rewind.pt"
 SUMMARY = "summary.json"
 """Written last by a training job: it marks the job done."""
 FINAL, MASK, METRICS, CHECKPOINT = "final.pt", "mask.pt", "metrics.csv", "checkpoint.pt"
+DIVERGED = "diverged.json"
+"""Written instead of a summary by a pack member whose training diverged (the step and the reason): the pack
+stopped it and finished the others, and does not train it again until the file is deleted."""
 JOB_FILES = (SUMMARY, FINAL, MASK, METRICS)
 """What a finished training job holds. ``CHECKPOINT`` is not among them: an interrupted job resumes from it,
 and a finished one has deleted it."""

@@ -9,6 +9,11 @@ vmapped computation (``train.fit_packed``), ``sequential`` trains them one after
 jobs (``imp.Run.train``). Either way each member writes a lone job's files in its own job directory, and
 its summary records the pack (``pack``: size, index, identity, mode).
 
+A member that diverges does not end its pack: it is stopped, its folder gets ``diverged.json`` (the step and
+the reason) in place of a summary, the others finish, and then the pack fails with one line naming it, so
+the workflow reports it. A rerun does not train it again (it would diverge again): it says so and how to
+proceed.
+
 Jobs are named as in the run layout, relative to the experiment's folder of run directories:
 ``seed<S>/<branch>/level_<LL>[/rep_<R>]``.
 """
@@ -26,7 +31,7 @@ from . import layout
 from .checkpoints import JobLock
 from .config import BRANCHES, ConfigError
 from .imp import Pending, Run
-from .train import Member, fit_packed, pack_identity, pack_key
+from .train import Member, TrainingDiverged, diverged, fit_packed, pack_identity, pack_key, record_divergence
 
 log = logging.getLogger("ticketbench")
 
@@ -67,7 +72,8 @@ class JobName:
 
 def train(pendings: list[Pending | dict[str, Any]], mode: str) -> list[dict[str, Any]]:
     """Train the unfinished jobs (``Pending``) of a pack in ``mode`` and return every job's summary in
-    order (finished ones as they are stored)."""
+    order (finished ones as they are stored). If a job diverged, now or in an earlier run, the others are
+    trained and then ``TrainingDiverged`` names it."""
     todo = [p for p in pendings if isinstance(p, Pending) and not (p.job.out / layout.SUMMARY).is_file()]
     if todo:
         ident = pack_identity([_member(p) for p in todo])
@@ -75,9 +81,19 @@ def train(pendings: list[Pending | dict[str, Any]], mode: str) -> list[dict[str,
         for i, p in enumerate(todo):
             p.job.extra["pack"] = {"size": len(todo), "index": i, "identity": ident, "mode": mode}
     done: dict[int, dict[str, Any]] = {}
+    stopped: list[Pending] = []
     if mode == "sequential":
         for p in todo:
-            done[id(p)] = p.run.train(p)
+            if diverged(p.job.out) is not None:
+                stopped.append(p)
+                continue
+            try:
+                done[id(p)] = p.run.train(p)
+            except TrainingDiverged as e:
+                record_divergence(p.job.out, e)
+                log.warning("%s: %s by step %d; recorded in %s, the pack goes on", p.job.label, e.reason, e.step,
+                            p.job.out / layout.DIVERGED)
+                stopped.append(p)
     else:
         for group in _lockstep_groups(todo):
             with ExitStack() as locks:
@@ -86,8 +102,31 @@ def train(pendings: list[Pending | dict[str, Any]], mode: str) -> list[dict[str,
                     p.claim()
                 members = [_member(p) for p in group]
                 for p, s in zip(group, fit_packed(members, group[0].run.runtime, group[0].run.schedule.eval_every)):
-                    done[id(p)] = s
+                    if s is None:
+                        stopped.append(p)
+                    else:
+                        done[id(p)] = s
+    if stopped:
+        raise _diverged_error(stopped, len(pendings))
     return [p if isinstance(p, dict) else done.get(id(p)) or p.run.train(p) for p in pendings]
+
+
+def _diverged_error(stopped: list[Pending], size: int) -> TrainingDiverged:
+    """One line naming the pack's diverged jobs (from their records), what happened to the others and what
+    to do: a rerun alone would not train them again."""
+    parts = []
+    for p in stopped:
+        record = diverged(p.job.out) or {}
+        try:
+            name = p.job.out.relative_to(p.run.root.parent).as_posix()
+        except ValueError:
+            name = str(p.job.out)
+        parts.append(f"{name} by step {record.get('step')} ({record.get('reason')})")
+    first = stopped[0]
+    return TrainingDiverged(
+        f"pack: {len(stopped)} of {size} jobs diverged: {'; '.join(parts)}; the others are done. Each is recorded in its "
+        f"{layout.DIVERGED} (e.g. {first.job.out / layout.DIVERGED}) and not trained again: change the config (a lower "
+        f"learning rate, warmup), or delete that file to try the job again as it is")
 
 
 def _member(p: Pending) -> Member:

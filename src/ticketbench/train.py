@@ -18,7 +18,9 @@ elementwise, so one optimizer over stacked tensors is P independent ones), Batch
 (buffers are stacked too and updated in place per member), evaluations, early-stop point, final files and
 summary, written exactly as ``fit`` writes them. Batched kernels round differently from lone ones, so a
 packed member equals its lone job within noise, not bit for bit; for a given pack it is bit-for-bit
-deterministic and resumable (one checkpoint holds the whole pack, written atomically).
+deterministic and resumable (one checkpoint holds the whole pack, written atomically). A member whose loss
+stops being finite is stopped alone (frozen at zero, out of every update) and recorded in its folder's
+``diverged.json``; the others finish exactly as beside a healthy member.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 from tqdm import tqdm
 
-from . import checkpoints, environment
+from . import checkpoints, environment, layout
 from .checkpoints import atomic_write
 from .config import RunConfig, TrainConfig
 from .data import Batches, Data, Split
@@ -53,7 +55,12 @@ METRIC_COLUMNS = ["step", "epoch", "lr", "train_loss", "val_loss", "val_acc", "t
 
 
 class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite (or an evaluation did): ``reason`` says which, ``step`` is
+    the step at which it was found (both unset for a pack's summary of its diverged members)."""
+
+    def __init__(self, message: str, step: int | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.step, self.reason = step, reason
 
 
 class Preempted(RuntimeError):
@@ -334,8 +341,9 @@ def _evaluate(model: nn.Module, data: Data, job: Job, pos: _Position, per_epoch:
     pos.loss_n = 0
     evaluated = "test_loss" if math.isfinite(row["test_loss"]) or data.val is None else "val_loss"
     if not math.isfinite(row[evaluated]):
-        raise TrainingDiverged(f"{job.label}: {evaluated.replace('_', ' ')} is not finite at step {step}; the weights "
-                               f"diverged (last good checkpoint kept in {kept})")
+        reason = f"{evaluated.replace('_', ' ')} is not finite"
+        raise TrainingDiverged(f"{job.label}: {reason} at step {step}; the weights diverged (last good checkpoint kept "
+                               f"in {kept})", step, reason)
     watch.evaluated(pos.rows)
     pos.evaluated = True
 
@@ -343,7 +351,22 @@ def _evaluate(model: nn.Module, data: Data, job: Job, pos: _Position, per_epoch:
 def _check_finite(loss_sum: float, label: str, step: int, out: Path) -> None:
     if not math.isfinite(loss_sum):
         raise TrainingDiverged(f"{label}: training loss became {loss_sum} before step {step}; lower the learning "
-                               f"rate or add warmup (last good checkpoint kept in {out})")
+                               f"rate or add warmup (last good checkpoint kept in {out})", step,
+                               f"training loss became {loss_sum}")
+
+
+def record_divergence(out: Path, error: TrainingDiverged, **extra: Any) -> Path:
+    """Write a diverged job's record, ``<job>/diverged.json``: the step at which it was found and why. A pack
+    that meets the record does not train the job again (``diverged``)."""
+    path = out / layout.DIVERGED
+    atomic_write(path, json.dumps({"step": error.step, "reason": error.reason, **extra}, indent=2) + "\n")
+    return path
+
+
+def diverged(out: Path) -> dict[str, Any] | None:
+    """A job's divergence record (``record_divergence``), or None if it has none."""
+    path = out / layout.DIVERGED
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 class _SigtermFlag:
@@ -420,6 +443,10 @@ class _Stack:
         self.masks = {n: self._to_leaf(n, torch.stack([m.job.mask[n] for m in members]).to(device, params[n].dtype))
                       for n in sorted(members[0].job.mask)}
         self.size = len(members)
+        self.stopped: set[int] = set()
+        self.unmasked: dict[str, torch.Tensor] = {}
+        """Per leaf the mask has no entry for (biases, BatchNorm), 0 for stopped members and 1 for the others;
+        empty while no member is stopped."""
         self.apply_to_weights()
 
     def _to_leaf(self, name: str, stacked: torch.Tensor) -> torch.Tensor:
@@ -445,9 +472,31 @@ class _Stack:
 
     @torch.no_grad()
     def apply_to_gradients(self) -> None:
-        names = [n for n in self.masks if self.leaves[n].grad is not None]
+        factors = {**self.masks, **self.unmasked}
+        names = [n for n in factors if self.leaves[n].grad is not None]
         if names:
-            torch._foreach_mul_([self.leaves[n].grad for n in names], [self.masks[n] for n in names])
+            torch._foreach_mul_([self.leaves[n].grad for n in names], [factors[n] for n in names])
+
+    @torch.no_grad()
+    def stop(self, i: int, opt: torch.optim.Optimizer) -> None:
+        """Take member i out of training for good (it diverged): its parameters, buffers and optimizer moments
+        become zero, and so from now on does each of its gradients (its mask rows, and ``unmasked`` for the
+        leaves without a mask). An update then leaves it at exactly zero (SGD with momentum and weight decay,
+        Adam: a zero gradient on a zero weight with zero moments moves nothing), where it computes finite
+        numbers only. Every operation of a step is per member, so the others train exactly as they would beside
+        a healthy member."""
+        for t in [*self.leaves.values(), *self.buffers.values()]:
+            t[i].zero_()
+        for state in opt.state.values():
+            for v in state.values():
+                if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == self.size:
+                    v[i].zero_()
+        for m in self.masks.values():
+            m[i].zero_()
+        self.stopped.add(i)
+        alive = torch.tensor([0.0 if j in self.stopped else 1.0 for j in range(self.size)])
+        self.unmasked = {n: alive.to(leaf.device, leaf.dtype).view(-1, *[1] * (leaf.dim() - 1))
+                         for n, leaf in self.leaves.items() if n not in self.masks}
 
     def member_state(self, i: int) -> dict[str, torch.Tensor]:
         """Member i's state dict, as its lone network holds it."""
@@ -521,22 +570,39 @@ class _Lone:
         return opt
 
 
-def fit_packed(members: list[Member], runtime: Runtime, eval_every: int) -> list[dict[str, Any]]:
+def fit_packed(members: list[Member], runtime: Runtime, eval_every: int) -> list[dict[str, Any] | None]:
     """Train the members (all of one ``pack_key``, none finished) side by side and return their summaries
     in order. The pack checkpoints into ``<first member's folder>/pack-<identity>.pt`` (one atomic file
     for all members, so a kill can never leave them at different steps); each member's final files are a
-    lone job's, and its summary records the pack it ran in."""
+    lone job's, and its summary records the pack it ran in.
+
+    A member that diverges (a non-finite training loss or evaluation) is stopped (``_Stack.stop``) and
+    recorded (``record_divergence``); the others train on and finish. Its place in the result is None. A
+    member that arrives with a record stays stopped: it is resumed stopped from the pack's checkpoint if
+    there is one, else left out of the stack."""
     if len({pack_key(m, eval_every) for m in members}) != 1:
         raise ValueError("fit_packed: the members differ in architecture, optimizer, steps or learning rate")
     device = members[0].data.test.x.device
     ident = pack_identity(members)
+    ckpt_path = members[0].job.out / f"pack-{ident}.pt"
+    recorded = [diverged(m.job.out) is not None for m in members]
+    if any(recorded) and not ckpt_path.is_file():
+        live = [m for m, r in zip(members, recorded) if not r]
+        trained = iter(fit_packed(live, runtime, eval_every) if live else [])
+        return [None if r else next(trained) for r in recorded]
     stack = _Stack(members, device)
-    lone = [_Lone(m, device, runtime.memory_format) for m in members]
+    # The stacked computation runs in NCHW whatever the runtime's layout (batches and stacked parameters are
+    # contiguous; vmap folds the member dimension into them). The lone networks that evaluate the members
+    # and store their files are prepared in that layout too, so a member's numbers and its recorded layout
+    # are those it trained in.
+    lone = [_Lone(m, device, "contiguous") for m in members]
     opt = make_optimizer(members[0].cfg.train, stack.parameters())
     if members[0].job.optimizer_state is not None:
         opt.load_state_dict(stack.stacked_optimizer([m.job.optimizer_state for m in members]))
-    ckpt_path = members[0].job.out / f"pack-{ident}.pt"
     pos = _resume_packed(stack, opt, members, ckpt_path, ident, device)
+    for i, r in enumerate(recorded):
+        if r:
+            stack.stop(i, opt)
     first, t0 = pos[0].step, time.monotonic()
     _loop_packed(stack, opt, members, lone, runtime, eval_every, pos, ckpt_path, ident)
     elapsed = time.monotonic() - t0
@@ -545,7 +611,8 @@ def fit_packed(members: list[Member], runtime: Runtime, eval_every: int) -> list
     speed = steps * members[0].cfg.train.batch_size / elapsed if steps > 0 and elapsed > 0 else None
     weight_shapes = {n: tuple(p.shape) for n, p in lone[0].net.named_parameters() if n in layer_kinds(lone[0].net)}
     env = environment.current(device, runtime.precision)
-    summaries = [_finish(lone[i].load(stack.member_state(i)), m.data, m.cfg, m.job, pos[i], lone[i].fmt, weight_shapes,
+    summaries = [None if i in stack.stopped else
+                 _finish(lone[i].load(stack.member_state(i)), m.data, m.cfg, m.job, pos[i], lone[i].fmt, weight_shapes,
                          speed, env) for i, m in enumerate(members)]
     ckpt_path.unlink(missing_ok=True)
     return summaries
@@ -569,7 +636,8 @@ def _resume_packed(stack: _Stack, opt: torch.optim.Optimizer, members: list[Memb
 def _loop_packed(stack: _Stack, opt: torch.optim.Optimizer, members: list[Member], lone: list[_Lone], runtime: Runtime,
                  eval_every: int, pos: list[_Position], ckpt_path: Path, ident: str) -> None:
     """``_loop`` for a pack: the same snapshots, evaluations, checkpoints and SIGTERM handling, for every
-    member at once; one batched step per iteration."""
+    member at once; one batched step per iteration. Where ``_loop`` raises ``TrainingDiverged``, the member
+    is stopped and recorded (``_stop``) and the others go on."""
     job0, size = members[0].job, len(members)
     batches = [Batches(m.data, m.cfg.train.batch_size, m.job.data_order_seed, m.job.augmentation_seed) for m in members]
     watches = [_Watch(m.job, pos[i].step, m.cfg.train.batch_size) for i, m in enumerate(members)]
@@ -580,6 +648,10 @@ def _loop_packed(stack: _Stack, opt: torch.optim.Optimizer, members: list[Member
     stack.base.train()
     bar = tqdm(total=job0.end - job0.start, initial=pos[0].step - job0.start, desc=f"pack of {size}", unit="it",
                disable=not runtime.progress, mininterval=1.0, dynamic_ncols=True)
+
+    def live() -> list[int]:
+        return [i for i in range(size) if i not in stack.stopped]
+
     with term:
         while True:
             step = pos[0].step
@@ -589,19 +661,31 @@ def _loop_packed(stack: _Stack, opt: torch.optim.Optimizer, members: list[Member
                 if snap or due:
                     opt_state = opt.state_dict() if snap else None
                     _unstack_losses(loss_sums, pos)
-                    for i, m in enumerate(members):
-                        net = lone[i].load(stack.member_state(i))
-                        if snap:
-                            m.job.on_snapshot(step, net, lone[i].optimizer(stack.member_optimizer(opt_state, i)))
-                        if due:
-                            _evaluate(net, m.data, m.job, pos[i], batches[i].per_epoch, step,
-                                      lone[i].fmt == torch.channels_last, watches[i], ckpt_path.parent, runtime.test_eval)
+                    for i in live():
+                        m = members[i]
+                        try:
+                            if snap and pos[i].loss_n:  # never snapshot a diverged state (_evaluate checks too)
+                                _check_finite(float(pos[i].loss_sum), m.job.label, step, ckpt_path.parent)
+                            net = lone[i].load(stack.member_state(i))
+                            if snap:
+                                m.job.on_snapshot(step, net, lone[i].optimizer(stack.member_optimizer(opt_state, i)))
+                            if due:
+                                _evaluate(net, m.data, m.job, pos[i], batches[i].per_epoch, step,
+                                          lone[i].fmt == torch.channels_last, watches[i], ckpt_path.parent,
+                                          runtime.test_eval)
+                        except TrainingDiverged as e:
+                            _stop(stack, opt, members, i, e, ident)
                     loss_sums = torch.stack([p.loss_sum for p in pos])
-            if step == job0.end:
+            if step == job0.end or not live():  # done, or every member diverged
                 break
             if term.raised or time.monotonic() - last_ckpt > runtime.checkpoint_seconds:
                 _unstack_losses(loss_sums, pos)
-                _save_pack(stack, opt, members, pos, ckpt_path, ident, step)
+                for i in live():  # never checkpoint a diverged state
+                    try:
+                        _check_finite(float(pos[i].loss_sum), members[i].job.label, step, ckpt_path.parent)
+                    except TrainingDiverged as e:
+                        _stop(stack, opt, members, i, e, ident)
+                _save_pack(stack, opt, pos, ckpt_path, ident, step)
                 last_ckpt = time.monotonic()
                 if term.raised:
                     bar.close()
@@ -629,17 +713,25 @@ def _loop_packed(stack: _Stack, opt: torch.optim.Optimizer, members: list[Member
     bar.close()
 
 
+def _stop(stack: _Stack, opt: torch.optim.Optimizer, members: list[Member], i: int, error: TrainingDiverged,
+          ident: str) -> None:
+    """Member i diverged: stop it (``_Stack.stop``) and write its record, and say so; the pack trains on."""
+    stack.stop(i, opt)
+    path = record_divergence(members[i].job.out, error, pack=ident)
+    others = stack.size - len(stack.stopped)
+    log.warning("%s: %s by step %d; stopped and recorded in %s, the other %d member%s of pack %s train on",
+                members[i].job.label, error.reason, error.step, path, others, "" if others == 1 else "s", ident)
+
+
 def _unstack_losses(loss_sums: torch.Tensor, pos: list[_Position]) -> None:
     for i, p in enumerate(pos):
         p.loss_sum = loss_sums[i].clone()
 
 
-def _save_pack(stack: _Stack, opt: torch.optim.Optimizer, members: list[Member], pos: list[_Position], path: Path,
-               ident: str, step: int) -> None:
-    """One checkpoint for the whole pack, each member's part in a lone checkpoint's format."""
-    for m, p in zip(members, pos):
-        if p.loss_n:  # never checkpoint a diverged state
-            _check_finite(float(p.loss_sum), m.job.label, step, path.parent)
+def _save_pack(stack: _Stack, opt: torch.optim.Optimizer, pos: list[_Position], path: Path, ident: str,
+               step: int) -> None:
+    """One checkpoint for the whole pack, each member's part in a lone checkpoint's format (a stopped member's
+    is zeros: it stays stopped by its record, ``diverged.json``)."""
     opt_state = opt.state_dict()
     parts = [{"model": stack.member_state(i), "optimizer": stack.member_optimizer(opt_state, i), "rows": p.rows,
               "train_loss": (float(p.loss_sum), p.loss_n)} for i, p in enumerate(pos)]

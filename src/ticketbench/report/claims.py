@@ -92,8 +92,8 @@ NOISE_RULE = (
     "combines their ranges in quadrature. Curves are read on the mean over seeds: a best (worst) level is the "
     "extreme of the mean curve, with the range of that one level; a last density is, going sparser, the last "
     "level before the condition fails on the mean curve, and its range runs from the first level whose whole "
-    "range fails (the true last density lies above it) to the level before the first one whose range does not "
-    "wholly hold; an onset is the first rewind point whose mean barrier is under the threshold, and its range "
+    "range fails (the true last density lies above it) to the sparsest level before it whose whole range "
+    "holds; an onset is the first rewind point whose mean barrier is under the threshold, and its range "
     "runs from the first k whose barrier range reaches under the threshold to the first k whose whole range is "
     "under it (above the largest k run if none is). A mean that is not finite (a zero denominator, e.g. an "
     "early-stopping step of 0) gets no verdict: inconclusive, with the reason. Where no noise is definable the "
@@ -936,7 +936,7 @@ def _last_density(chk, unit, ctx):
     the dense net: ``cond: {op, offset}`` tests ``x op x0 + offset`` on the mean over seeds of x - x0. A
     level's condition holds surely when its whole range (:data:`NOISE_RULE`) meets it and fails surely when
     none does; the verdict's range runs from the first level that surely fails (the true last density lies
-    above it: one pruning level of grid) to the level before the first that does not surely hold."""
+    above it: one pruning level of grid) to the sparsest level that surely holds before it."""
     table, metric, errors, col = _against_dense(chk, unit, ctx)
     cond = chk.get("cond") or {"op": ">=", "offset": 0.0}
     op, offset = OPS[cond["op"]], cond.get("offset", 0.0)
@@ -964,7 +964,14 @@ def _last_density(chk, unit, ctx):
     first = lambda flags: next((i for i, f in enumerate(flags) if f), None)  # noqa: E731
     point = before(first([not h for h in holds]))
     surely_failing = first(fails)
-    interval = (densities[surely_failing] if surely_failing is not None else 0.0, before(first([not x for x in sure])))
+    # The sparsest level that surely holds before the first sure failure: the curve leaves the dense net's
+    # level for good below it. A level whose range straddles the condition followed by sparser levels that
+    # surely hold does not end the chain (near the dense net the effect is about zero, so ">= dense" is a
+    # coin toss there whatever the curve does further down).
+    prefix = sure[:surely_failing] if surely_failing is not None else sure
+    last_sure = max((i for i, x in enumerate(prefix) if x), default=None)
+    upper = densities[last_sure] if last_sure is not None else start
+    interval = (densities[surely_failing] if surely_failing is not None else 0.0, upper)
     what = "all weights" if col == "density_total" else "prunable weights"
     range_note = f", from {start:.3g}%" if start < 100 else ""
     unknown = f"; {errors.why}: the range covers the level grid only" if errors.values is None and errors.why else ""

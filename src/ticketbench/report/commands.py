@@ -42,9 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[argp
                                           "per network, sigma = max(sample std over the row's seeds/replicates when "
                                           "n >= 2, binomial error sqrt(p(1-p)/N) at the row's test-set size N); a row "
                                           "agrees when |mean A - mean B| <= z * sqrt(sA^2/nA + sB^2/nB), z the two-sided "
-                                          "normal quantile at alpha / (number of rows compared) (Bonferroni). Rows or "
+                                          "normal quantile at alpha / (number of rows compared) (Bonferroni). Within the "
+                                          "noise means not shown to differ (each row's bound is printed); --margin PP "
+                                          "asks for equivalence: the whole interval A-B +- bound within +-PP. Rows or "
                                           "claims on one side only are listed and fail only with --strict. Exit status: "
-                                          "0 all agree, 1 a row beyond the noise or a claim verdict differs, 2 bad input.")
+                                          "0 all agree (with --margin: every row equivalent), 1 a row beyond the noise "
+                                          "(with --margin: not shown equivalent) or a claim verdict differs, 2 bad input.")
     for side in ("a", "b"):
         p.add_argument(side, metavar=side.upper(), help="results directory (results/N, with tables/ or runs/), or the "
                                                         "tables of a git revision: REV:results/N (path from the repository root)")
@@ -53,6 +56,11 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[argp
     p.add_argument("--claims", type=Path, default=Path("config/claims.yaml"), help="claims file (default: config/claims.yaml)")
     p.add_argument("--alpha", type=_probability, default=0.05,
                    help="family-wise false-alarm rate over all rows, Bonferroni-corrected (default: 0.05)")
+    p.add_argument("--margin", type=_percentage_points, metavar="PP",
+                   help="equivalence margin in percentage points: a row is equivalent when the whole interval A-B +- "
+                        "its bound lies within +-PP (two one-sided tests at the same corrected alpha), else not shown "
+                        "equivalent; the exit status is 0 only if every row is equivalent (default: no margin, "
+                        "only differences are tested)")
     p.add_argument("--strict", action="store_true", help="rows or claims present or evaluable on one side only also disagree")
     p.add_argument("-o", "--output", type=Path, help="also write every compared quantity as a tidy CSV")
     return {"report": cmd_report, "audit": cmd_audit, "compare": cmd_compare}
@@ -65,6 +73,16 @@ def _probability(text: str) -> float:
         x = math.nan
     if not 0 < x < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: must be a number between 0 and 1 (exclusive)")
+    return x
+
+
+def _percentage_points(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        x = math.nan
+    if not (x > 0 and math.isfinite(x)):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a positive number of percentage points, e.g. 1 for +-1 pp")
     return x
 
 
@@ -119,7 +137,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     try:
         a, b = (compare.load_side(s, config) for s in (args.a, args.b))
         sizes_a, sizes_b = compare.n_test_by_experiment(a, b)
-        rows = compare.compare_rows(compare.row_stats(a.jobs, sizes_a), compare.row_stats(b.jobs, sizes_b), args.alpha)
+        rows = compare.compare_rows(compare.row_stats(a.jobs, sizes_a), compare.row_stats(b.jobs, sizes_b), args.alpha,
+                                    None if args.margin is None else args.margin / 100)
         found = [compare.evaluate_claims(s, args.claims) for s in (a, b)]
     except (compare.CompareError, tables.ResultsError, claims.ClaimsError) as e:
         print(f"ticketbench: error: {e}", file=sys.stderr)

@@ -18,6 +18,14 @@ The noise rule (docs/results.md explains it to readers; :data:`NOISE_RULE` is th
   alpha / m, Bonferroni-corrected over the m rows compared: with ~100 rows an uncorrected 2-sigma rule
   flags ~5 of them by chance, so any disagreement it reports means nothing.
 
+"Agree" (within noise) is a failure to find a difference, not evidence of its absence: with one seed on
+2,000 test images the bound z * SE is about 3.8 pp before Bonferroni widens it, so two reproductions a
+few points apart still "agree". The output prints each row's bound and the median bound beside that
+word. A positive statement takes an equivalence margin M (``--margin``, in percentage points): a row is
+*equivalent* when the whole interval difference +- z * SE (the same interval, at the same corrected
+alpha) lies within +-M, the two one-sided tests (TOST) at alpha / (2m) each, and *not shown equivalent*
+otherwise, however small its difference.
+
 Claims are evaluated on both sides with :mod:`.claims`, exactly as the report does; two verdicts either
 agree or differ (a claim whose value sits at its threshold can flip within noise: both values are
 shown). Rows or claims present on one side only are listed as missing; they count as disagreements only
@@ -53,6 +61,7 @@ final one; both are compared wherever a side's tables have them."""
 ROW = ["experiment", "branch", "level", "metric"]
 WITHIN, BEYOND, MISSING_A, MISSING_B = "within noise", "beyond noise", "missing on A", "missing on B"
 AGREE, DIFFER, NOT_EVALUATED_A, NOT_EVALUATED_B = "agree", "differ", "not evaluated on A", "not evaluated on B"
+EQUIVALENT, NOT_EQUIVALENT = "equivalent", "not shown equivalent"
 COMPATIBLE = "compatible"
 """One side decided a check and the other found its effect within the noise (inconclusive): not a
 disagreement, since an inconclusive verdict is consistent with either decision."""
@@ -61,10 +70,11 @@ NOISE_RULE = ("per network, sigma = max(sample std over the row's seeds/replicat
               "z the two-sided normal quantile Bonferroni-corrected over the rows compared")
 COLUMNS = ["kind", "experiment", "branch", "level", "metric", "claim", "unit", "density", "n_a", "n_b",
            "test_size_a", "test_size_b", "a", "b", "value_unit", "sigma_a", "sigma_b", "difference", "se", "z",
-           "bound", "verdict_a", "verdict_b", "status"]
+           "bound", "verdict_a", "verdict_b", "status", "margin", "equivalence"]
 """The tidy CSV of ``compare -o``: one row per compared quantity. ``kind`` is ``accuracy`` (a, b are
 mean accuracies as fractions, like jobs.csv) or ``claim`` (a, b are the claim's mean values in
-``value_unit``, as the report shows them; ``unit`` names the runs the claim was checked on)."""
+``value_unit``, as the report shows them; ``unit`` names the runs the claim was checked on). ``margin`` and
+``equivalence`` are filled with ``--margin`` only."""
 
 
 class CompareError(ValueError):
@@ -114,6 +124,12 @@ def within_noise(difference: float, se: float, z: float) -> bool:
     return abs(difference) <= z * se + 1e-12
 
 
+def equivalent(difference: float, bound: float, margin: float) -> bool:
+    """The whole interval difference +- bound lies within +-margin (all three in one unit): equivalence
+    shown, as the two one-sided tests conclude it. The 1e-12 is ``within_noise``'s."""
+    return abs(difference) + bound <= margin + 1e-12
+
+
 # --------------------------------------------------------------------------------------------------
 # Rows and claims
 # --------------------------------------------------------------------------------------------------
@@ -135,9 +151,10 @@ def row_stats(jobs: pd.DataFrame, test_sizes: dict[str, int]) -> pd.DataFrame:
     return pd.DataFrame(out, columns=[*ROW, "density", "n", "mean", "sigma", "test_size"])
 
 
-def compare_rows(a: pd.DataFrame, b: pd.DataFrame, alpha: float) -> pd.DataFrame:
+def compare_rows(a: pd.DataFrame, b: pd.DataFrame, alpha: float, margin: float | None = None) -> pd.DataFrame:
     """Both sides' :func:`row_stats` side by side, with the difference, its standard error, the
-    Bonferroni z over the rows present on both sides, the bound z * SE and the status."""
+    Bonferroni z over the rows present on both sides, the bound z * SE and the status; with ``margin``
+    (a fraction, like the accuracies) also each row's :func:`equivalent` as ``equivalence``."""
     m = a.merge(b, on=ROW, how="outer", suffixes=("_a", "_b"), indicator=True)
     both = m["_merge"] == "both"
     z = bonferroni_z(alpha, int(both.sum())) if both.any() else math.nan
@@ -152,6 +169,10 @@ def compare_rows(a: pd.DataFrame, b: pd.DataFrame, alpha: float) -> pd.DataFrame
     out["bound"] = z * out["se"]
     out["status"] = [(WITHIN if within_noise(d, se, z) else BEYOND) if ok else MISSING_B if side == "left_only" else MISSING_A
                      for d, se, ok, side in zip(out["difference"], out["se"], both, m["_merge"])]
+    if margin is not None:
+        out["margin"] = margin
+        out["equivalence"] = [(EQUIVALENT if equivalent(d, bound, margin) else NOT_EQUIVALENT) if ok else None
+                              for d, bound, ok in zip(out["difference"], out["bound"], both)]
     order = {name: i for i, name in enumerate(METRICS)}
     return out.sort_values(["experiment", "branch", "level", "metric"], key=lambda s: s.map(order) if s.name == "metric" else s,
                            ignore_index=True)
@@ -234,10 +255,13 @@ def environment_differences(jobs_a: pd.DataFrame, jobs_b: pd.DataFrame) -> list[
 
 
 def disagreements(rows: pd.DataFrame, claim_rows: pd.DataFrame, strict: bool = False) -> int:
-    """Rows beyond the noise plus claim verdicts that differ; with ``strict`` also everything present
-    or evaluated on one side only."""
+    """Rows beyond the noise (with a margin: rows not shown equivalent, whatever their status) plus claim
+    verdicts that differ; with ``strict`` also everything present or evaluated on one side only."""
     bad = {BEYOND, DIFFER} | ({MISSING_A, MISSING_B, NOT_EVALUATED_A, NOT_EVALUATED_B} if strict else set())
-    return int(rows["status"].isin(bad).sum() + claim_rows["status"].isin(bad).sum())
+    failing = rows["status"].isin(bad)
+    if "equivalence" in rows.columns:
+        failing = (rows["equivalence"] == NOT_EQUIVALENT) | rows["status"].isin(bad - {BEYOND})
+    return int(failing.sum() + claim_rows["status"].isin(bad).sum())
 
 
 def tidy(rows: pd.DataFrame, claim_rows: pd.DataFrame) -> pd.DataFrame:
@@ -253,7 +277,9 @@ def tidy(rows: pd.DataFrame, claim_rows: pd.DataFrame) -> pd.DataFrame:
 
 def summary(rows: pd.DataFrame, claim_rows: pd.DataFrame, alpha: float, claims_note: str = "") -> str:
     """The one-line verdict, e.g. ``compare: 90 rows, 90 within noise, 0 beyond (z = 3.45, Bonferroni
-    over 90 rows at alpha 0.05); claims: 85 agree, 1 compatible, 0 differ``."""
+    over 90 rows at alpha 0.05; within noise = not shown to differ, median bound 3.81 pp); claims: 85
+    agree, 1 compatible, 0 differ``, and with a margin ``; margin 1 pp: 12 equivalent, 78 not shown
+    equivalent`` before the claims."""
     n = rows["status"].value_counts()
     both = int(n.get(WITHIN, 0) + n.get(BEYOND, 0))
     text = f"compare: {both} rows, {n.get(WITHIN, 0)} within noise, {n.get(BEYOND, 0)} beyond"
@@ -261,7 +287,13 @@ def summary(rows: pd.DataFrame, claim_rows: pd.DataFrame, alpha: float, claims_n
         if n.get(missing, 0):
             text += f", {n[missing]} {missing}"
     z = f"z = {rows['z'].iloc[0]:.2f}, " if both else ""
-    text += f" ({z}Bonferroni over {both} rows at alpha {alpha:g})"
+    bound = rows["bound"].dropna()
+    median = f", median bound {100 * bound.median():.2f} pp" if not bound.empty else ""
+    text += f" ({z}Bonferroni over {both} rows at alpha {alpha:g}; within noise = not shown to differ{median})"
+    if "equivalence" in rows.columns:
+        e = rows["equivalence"].value_counts()
+        text += (f"; margin {100 * rows['margin'].iloc[0]:g} pp: {e.get(EQUIVALENT, 0)} {EQUIVALENT}, "
+                 f"{e.get(NOT_EQUIVALENT, 0)} {NOT_EQUIVALENT}")
     c = claim_rows["status"].value_counts()
     if claims_note:
         text += f"; claims: {claims_note}"
@@ -279,9 +311,13 @@ def render(rows: pd.DataFrame, claim_rows: pd.DataFrame, label_a: str, label_b: 
     in percentage points), then the claim checks either side reproduced or not, or that differ."""
     import textwrap
 
+    margin = rows["margin"].iloc[0] if "margin" in rows.columns and not rows.empty else None
+    equivalence = (f" Equivalent: the whole interval A-B +- bound lies within +-{100 * margin:g} pp (--margin); "
+                   f"otherwise {NOT_EQUIVALENT}." if margin is not None else "")
     out = [f"A = {label_a}", f"B = {label_b}",
            *textwrap.wrap(f"noise rule: {NOISE_RULE}. Accuracies in % (mean over n networks); A-B and the bound z*SE "
-                          "in percentage points.", 110, subsequent_indent="  "),
+                          f"in percentage points. Within noise means not shown to differ: a difference smaller than the "
+                          f"bound is not evidence of agreement.{equivalence}", 110, subsequent_indent="  "),
            *(line for note in notes for line in textwrap.wrap(f"note: {note}", 110, subsequent_indent="  "))]
     for exp, g in rows.groupby("experiment", sort=True):
         sizes = sorted({int(x) for x in pd.concat([g["test_size_a"], g["test_size_b"]]).dropna()})
@@ -295,7 +331,8 @@ def render(rows: pd.DataFrame, claim_rows: pd.DataFrame, label_a: str, label_b: 
                           "% remaining": f"{100 * r.density:.3g}" if first and math.isfinite(r.density) else "",
                           "accuracy": METRICS[r.metric], "A (n)": _acc(r.a, r.n_a), "B (n)": _acc(r.b, r.n_b),
                           "A-B": f"{100 * r.difference:+.2f}" if math.isfinite(r.difference) else "",
-                          "bound": f"{100 * r.bound:.2f}" if math.isfinite(r.bound) else "", "status": r.status})
+                          "bound": f"{100 * r.bound:.2f}" if math.isfinite(r.bound) else "", "status": r.status,
+                          **({"equivalence": r.equivalence or ""} if margin is not None else {})})
             prev = (r.branch, r.level)
         out.extend(_text_table(lines, right={"level", "% remaining", "A (n)", "B (n)", "A-B", "bound"}))
     out.append("")
