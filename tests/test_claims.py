@@ -601,3 +601,28 @@ def test_a_check_that_cannot_be_reproduced_says_why_and_the_file_refuses_a_silen
     bad.write_text(yaml.safe_dump(raw))
     with pytest.raises(claims.ClaimsError, match="unreachable must say why"):
         claims.load(bad)
+
+
+def test_the_papers_values_drawn_beside_our_curves_are_those_of_checks_whose_protocol_the_runs_match():
+    """A figure shows a paper's value only where a quantitative check of that protocol would read our
+    runs: an absolute value at its density, a change against the dense net (placed at our dense mean), a
+    P_m; a run of another protocol gets none."""
+    jobs = frame(lth_rows([0.90, 0.92], [], seeds=(0,)))
+    sel = {"protocol": [{"train.lr": 0.0012, "data.name": "mnist"}], "protocol_name": "lth-lenet"}
+    value = check("value", {"op": "within", "value": 98.0, "tol": 0.3}, at={"level": 0}, of={"branch": "imp"}, select=sel)
+    gain = check("versus_dense", {"op": ">", "value": 0.3}, at={"density": 0.8}, of={"branch": "imp"}, select=sel)
+    back = check("last_density", {"op": "within_factor", "value": 3.6, "factor": 1.3}, of={"branch": "imp"}, select=sel)
+    ratio = check("ratio", {"op": "within", "value": 2.5, "tol": 0.7}, at={"density": 0.8}, a={"branch": "imp"},
+                  b={"branch": "random_reinit"}, select=sel)
+    direction = check("difference", {"op": ">", "value": 0}, at="sparsest", a={"branch": "imp"}, b={"branch": "imp"})
+    listed = [{"id": f"c{i}", "paper": "p", "check": c} for i, c in enumerate([value, gain, back, ratio, direction])]
+    paper = {"e": {"name": "e", "train": {"lr": 0.0012}, "data": {"name": "mnist"}}}
+    points = claims.reported_points(listed, jobs, paper)
+    assert list(points["claim"]) == ["c0", "c1", "c2"]  # a ratio of two branches and direction checks have no place
+    assert points.set_index("claim").loc["c0", ["kind", "density", "value", "tol", "relative"]].tolist() == \
+        ["point", 1.0, 98.0, 0.3, False]
+    assert bool(points.set_index("claim").loc["c1", "relative"]) is True
+    assert points.set_index("claim").loc["c2", "kind"] == "density"
+    assert points.set_index("claim").loc["c2", "density"] == pytest.approx(0.036)
+    other = {"e": {"name": "e", "train": {"lr": 0.0012}, "data": {"name": "fashion_mnist"}}}
+    assert claims.reported_points(listed, jobs, other).empty
