@@ -325,6 +325,9 @@ def test_jobs_of_a_config_that_asks_for_gpus_require_cuda_instead_of_falling_bac
     out = snakemake(workdir, "-n", "--printshellcmds", "--configfile", "config/smoke.yaml").stdout
     commands = re.findall(r"^Shell command: (ticketbench (?!report).*)$", out, flags=re.M)
     assert commands and all(f"--device {device} " in cmd for cmd in commands)
+    # ... and each job that asks for a GPU takes one of its own (ticketbench gpu-slot; tests/test_gpu_slots.py)
+    slot = "ticketbench gpu-slot --gpus 1 -- ticketbench "
+    assert all(cmd.startswith(slot) == (gpu > 0) for cmd in commands), commands
 
 
 def test_a_data_root_that_does_not_exist_stops_the_workflow_before_any_job(workdir):

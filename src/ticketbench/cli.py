@@ -3,7 +3,8 @@
 Every training subcommand takes a run config (YAML, see ``config/runs/``) and a run directory; it is
 idempotent (finished jobs are skipped) and resumes interrupted ones from their checkpoint. Errors are
 one line on stderr and a non-zero exit: 2 for bad input (config, dataset, checkpoint), 1 for a diverged
-run, 143 after a SIGTERM checkpoint (so SLURM/Snakemake see a terminated job that may be requeued).
+run (a pack: once its other jobs are done), 143 after a SIGTERM checkpoint (so SLURM/Snakemake see a terminated
+job that may be requeued).
 
 torch is imported lazily so that ``--help`` answers at once.
 """
@@ -73,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the experiment's folder of run directories seed<S> (the workflow's results/<config>/runs/<experiment>)")
     p.add_argument("--manifest", type=Path,
                    help="when every job is done, write this JSON naming them and their networks' SHA-256 (the workflow's "
-                        "output of a pack)")
+                        "output of a pack). A job that diverges is stopped and recorded in its diverged.json, the others "
+                        "finish, and the exit status is 1 with one line naming it; a rerun does not train it again")
     runtime.add_arguments(p, training=True, pack=True)
 
     p = sub.add_parser("evaluate", help="evaluate stored networks (job directories with final.pt) on the test set")
@@ -108,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", choices=list(OFFICIAL_SIZES), help="the dataset")
     p.add_argument("--data-root", help="where the files are or go (default: $TICKETBENCH_DATA or ./data)")
 
+    p = sub.add_parser("gpu-slot", help="run a command on GPUs of its own on a multi-GPU machine: lock free ones (one "
+                                        "lock file per GPU), set CUDA_VISIBLE_DEVICES, exec the command (the workflow's "
+                                        "GPU jobs start through it; ticketbench.gpu_slots)")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs the command needs (default: 1)")
+    p.add_argument("job", nargs=argparse.REMAINDER, metavar="COMMAND", help="the command and its arguments, after --")
+
     from .plan import SCHEMA
 
     p = sub.add_parser("plan", help="the jobs a workflow config plans, per experiment and kind (as snakemake -n counts them)")
@@ -135,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    if args.command == "gpu-slot":  # exec()s the job: it must not import torch first, the job does that itself
+        return cmd_gpu_slot(args)
     from .checkpoints import CheckpointError, WriteError
     from .config import ConfigError
 
@@ -286,6 +296,13 @@ def cmd_download(args: argparse.Namespace) -> None:
     print(f"{args.dataset}: {len(x):,} train / {len(tx):,} test images, official checksums verified, in {folder}")
 
 
+def cmd_gpu_slot(args: argparse.Namespace) -> None:
+    from . import gpu_slots
+
+    command = args.job[1:] if args.job[:1] == ["--"] else args.job
+    gpu_slots.run(command, args.gpus)
+
+
 def _plan(path: Path, schema: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     from . import plan
 
@@ -368,7 +385,8 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 COMMANDS = {"dense": cmd_dense, "imp": cmd_imp, "branch": cmd_branch, "finetune": cmd_finetune, "pack": cmd_pack,
             "evaluate": cmd_evaluate, "table": cmd_table, "lth-figure": cmd_lth_figure, "curves": cmd_curves,
-            "hash": cmd_hash, "download": cmd_download, "plan": cmd_plan, "status": cmd_status}
+            "hash": cmd_hash, "download": cmd_download, "gpu-slot": cmd_gpu_slot, "plan": cmd_plan,
+            "status": cmd_status}
 
 if __name__ == "__main__":
     sys.exit(main())

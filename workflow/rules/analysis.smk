@@ -10,13 +10,18 @@ and L+1. The SGD-noise copies that ``instability`` interpolates are trained by t
 """
 
 # What every analysis job has in common, written once (config "threads", "resources: analysis:",
-# "gpu"); config_hash is no flag of the commands: as a parameter it reruns a job whose run changed.
+# "gpu"); config_hash is no flag of the commands: as a parameter it reruns a job whose run changed. A job
+# that asks for GPUs starts through the GPU-slot wrapper (common.smk, gpu_slot).
 ANALYSIS_RESOURCES = {
     "mem_mb": resource("analysis", "mem_mb"),
     "runtime": resource("analysis", "runtime"),
     "gpu": config["gpu"],
 }
-ANALYSIS_PARAMS = {"config_hash": config_hash, "runtime": runtime_flags}
+ANALYSIS_PARAMS = {
+    "config_hash": config_hash,
+    "runtime": runtime_flags,
+    "slot": gpu_slot,
+}
 
 
 rule hessian:
@@ -37,7 +42,7 @@ rule hessian:
         options=cli_options("hessian"),
         job=analysed_job,
     shell:
-        "ticketbench hessian {params.job} {params.options} -o {output} {params.runtime} > {log} 2>&1"
+        "{params.slot}ticketbench hessian {params.job} {params.options} -o {output} {params.runtime} > {log} 2>&1"
 
 
 rule instability:
@@ -57,7 +62,7 @@ rule instability:
         run=run_of,
         branch="copy",
     shell:
-        "ticketbench instability {params.run} --level {wildcards.level} --branch {params.branch} {params.options}"
+        "{params.slot}ticketbench instability {params.run} --level {wildcards.level} --branch {params.branch} {params.options}"
         " -o {output.paths} {params.runtime} > {log} 2>&1"
 
 
@@ -90,5 +95,5 @@ rule successive:
         options=cli_options("successive"),
         jobs=lambda wildcards: " ".join(successive_jobs(wildcards)),
     shell:
-        "ticketbench interpolate {params.jobs} {params.options}"
+        "{params.slot}ticketbench interpolate {params.jobs} {params.options}"
         " -o {output.paths} {params.runtime} > {log} 2>&1"

@@ -320,6 +320,17 @@ def runtime_flags(wildcards, threads):
     return " ".join(flags)
 
 
+def gpu_slot(wildcards, resources):
+    """What a job's command starts with: ``ticketbench gpu-slot --gpus N --`` where the job asks for GPUs (its
+    ``gpu`` resource), nothing otherwise. Snakemake's ``--resources gpu=G`` limits how many GPU jobs run at once
+    on one machine, not which GPU each one uses; the wrapper gives each running job GPUs of its own (one
+    lock file per GPU, CUDA_VISIBLE_DEVICES; ticketbench.gpu_slots) and leaves a job alone where a scheduler
+    already chose them (SLURM). Computed from resources, so Snakemake does not record it: it reruns nothing.
+    """
+    gpus = getattr(resources, "gpu", 0)
+    return f"ticketbench gpu-slot --gpus {gpus} -- " if gpus else ""
+
+
 def configfile_of(wildcards, output):
     """The config file the CLI reads. Computed from the output, so Snakemake treats it as derived and
     does not record it: the run's identity is config_hash, and a renamed or copied config file reruns

@@ -8,7 +8,8 @@ fine-tuning levels) are the critical path, so their jobs go first when jobs wait
 
 # What every training job has in common, written once: its cores, memory, time and GPUs (config
 # "threads", "resources: train:", "gpu"), and the parameters of its command line. config_hash is not
-# read by the shell commands: as a parameter it reruns a job whose config changed.
+# read by the shell commands: as a parameter it reruns a job whose config changed. A job that asks for
+# GPUs starts through the GPU-slot wrapper (common.smk, gpu_slot): one GPU of its own per running job.
 TRAINING_RESOURCES = {
     "mem_mb": resource("train", "mem_mb"),
     "runtime": resource("train", "runtime"),
@@ -19,6 +20,7 @@ TRAINING_PARAMS = {
     "configfile": configfile_of,
     "run": run_of,
     "runtime": training_runtime_flags,
+    "slot": gpu_slot,
 }
 
 
@@ -48,7 +50,7 @@ rule dense:
     params:
         **TRAINING_PARAMS,
     shell:
-        "ticketbench dense {params.configfile} --experiment {wildcards.experiment} --seed {wildcards.seed}"
+        "{params.slot}ticketbench dense {params.configfile} --experiment {wildcards.experiment} --seed {wildcards.seed}"
         " --run-dir {params.run} {params.runtime} > {log} 2>&1"
 
 
@@ -69,7 +71,7 @@ rule imp_level:
     params:
         **TRAINING_PARAMS,
     shell:
-        "ticketbench imp {params.configfile} --experiment {wildcards.experiment} --seed {wildcards.seed}"
+        "{params.slot}ticketbench imp {params.configfile} --experiment {wildcards.experiment} --seed {wildcards.seed}"
         " --level {wildcards.level} --run-dir {params.run} {params.runtime} > {log} 2>&1"
 
 
@@ -91,7 +93,7 @@ rule branch:
     params:
         **TRAINING_PARAMS,
     shell:
-        "ticketbench branch {params.configfile} --experiment {wildcards.experiment} --seed {wildcards.seed}"
+        "{params.slot}ticketbench branch {params.configfile} --experiment {wildcards.experiment} --seed {wildcards.seed}"
         " --kind {wildcards.kind} --level {wildcards.level} --replicate {wildcards.replicate}"
         " --run-dir {params.run} {params.runtime} > {log} 2>&1"
 
@@ -111,7 +113,7 @@ rule finetune:
     params:
         **TRAINING_PARAMS,
     shell:
-        "ticketbench finetune {params.configfile} --experiment {wildcards.experiment} --seed {wildcards.seed}"
+        "{params.slot}ticketbench finetune {params.configfile} --experiment {wildcards.experiment} --seed {wildcards.seed}"
         " --level {wildcards.level} --run-dir {params.run} {params.runtime} > {log} 2>&1"
 
 
@@ -140,6 +142,7 @@ rule pack:
         jobs=pack_members,
         runs=runs_of,
         runtime=pack_runtime_flags,
+        slot=gpu_slot,
     shell:
-        "ticketbench pack {params.configfile} --experiment {wildcards.experiment} {params.jobs}"
+        "{params.slot}ticketbench pack {params.configfile} --experiment {wildcards.experiment} {params.jobs}"
         " --runs-dir {params.runs} --manifest {output} {params.runtime} > {log} 2>&1"
