@@ -8,6 +8,7 @@ bit for bit. For a given pack, training is deterministic and resumes bit for bit
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import json
@@ -161,23 +162,32 @@ def test_packed_and_lone_runs_agree_to_rounding_over_a_full_short_training(tmp_p
                 assert (ra[col] - rb[col]).abs().max() <= 1 / n + 1e-12, (a.root.name, lv, col)
 
 
-def test_an_interrupted_pack_resumes_every_member_bit_for_bit(tmp_path, monkeypatch):
-    reference = runs(tmp_path / "ref")
-    train_levels(reference, "batched", (0,))
-    rs = runs(tmp_path / "run", runtime=Runtime(device="cpu", progress=False, checkpoint_seconds=0))
+@contextlib.contextmanager
+def killed_mid_run(monkeypatch, batch: int = 3 * 23):
+    """Inside the block, the ``batch``-th batch drawn (mid-run for a pack of 3, after a few pack checkpoints)
+    raises KeyboardInterrupt, as a kill would; after it, batches are drawn as usual again."""
     original, calls = data.Batches.__getitem__, {"n": 0}
 
     def interrupted(self, step):
         calls["n"] += 1
-        if calls["n"] == 3 * 23:  # mid-run, after a few pack checkpoints
+        if calls["n"] == batch:
             raise KeyboardInterrupt
         return original(self, step)
 
     monkeypatch.setattr(data.Batches, "__getitem__", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(data.Batches, "__getitem__", original)
+
+
+def test_an_interrupted_pack_resumes_every_member_bit_for_bit(tmp_path, monkeypatch):
+    reference = runs(tmp_path / "ref")
+    train_levels(reference, "batched", (0,))
+    rs = runs(tmp_path / "run", runtime=Runtime(device="cpu", progress=False, checkpoint_seconds=0))
+    with killed_mid_run(monkeypatch), pytest.raises(KeyboardInterrupt):
         train_levels(rs, "batched", (0,))
     assert list((rs[0].level_dir(0)).glob("pack-*.pt")), "the pack checkpoint is kept"
-    monkeypatch.setattr(data.Batches, "__getitem__", original)
     train_levels(rs, "batched", (0,))
     assert not list((rs[0].level_dir(0)).glob("pack-*.pt")), "a finished pack removes its checkpoint"
     for a, b in zip(reference, rs):
@@ -302,21 +312,11 @@ def test_a_pack_resumed_after_a_member_diverged_keeps_it_stopped(tmp_path, monke
     reference = runs(tmp_path / "ref")
     train_levels(reference, "batched", (0,))
     rs = runs(tmp_path / "run", runtime=Runtime(device="cpu", progress=False, checkpoint_seconds=0))
-    original, calls = data.Batches.__getitem__, {"n": 0}
-
-    def interrupted(self, step):
-        calls["n"] += 1
-        if calls["n"] == 3 * 23:  # mid-run, after a few pack checkpoints
-            raise KeyboardInterrupt
-        return original(self, step)
-
     pendings = [r.level_job(0) for r in rs]
     pendings[1].job.state = poison(pendings[1].job.state, "nan")
-    monkeypatch.setattr(data.Batches, "__getitem__", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_mid_run(monkeypatch), pytest.raises(KeyboardInterrupt):
         pack.train(pendings, "batched")
     assert (rs[1].level_dir(0) / "diverged.json").is_file() and list(rs[0].level_dir(0).glob("pack-*.pt"))
-    monkeypatch.setattr(data.Batches, "__getitem__", original)
     with pytest.raises(TrainingDiverged, match="seed1/imp/level_00 by step 0"):
         pack.train([r.level_job(0) for r in rs], "batched")  # the start state is healthy now: the record stops it
     assert not (rs[1].level_dir(0) / "summary.json").exists()
