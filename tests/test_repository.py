@@ -93,3 +93,20 @@ def test_the_quick_header_names_every_computed_deviation_and_states_the_rewind_f
     assert not unnamed, f"config/quick.yaml's header does not name the computed deviations {sorted(unnamed)}"
     assert fractions and all(f in text for f in fractions), fractions
     assert "same fraction" not in text
+
+
+def test_the_licence_file_and_the_citation_declare_what_the_package_declares():
+    """pyproject's licence is the LICENSE file's, and CITATION.cff (CFF 1.2.0; checked once with
+    `cffconvert --validate`) cites this version, under that licence, with the papers it reproduces."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    licence = project["license"]["text"]
+    assert (REPO / "LICENSE").read_text().startswith(f"{licence} License\n")
+    cff = yaml.safe_load((REPO / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0" and cff["message"] and cff["title"] and cff["authors"]
+    assert cff["version"] == project["version"] and cff["license"] == licence
+    cited = {i["value"].rsplit("/", 1)[-1] for ref in cff["references"] for i in ref["identifiers"]}
+    assert cited == {"1803.03635", "1903.01611", "1912.05671", "2403.15022"}
+    readme = (REPO / "README.md").read_text()
+    assert all(f"arXiv:{a}" in readme for a in cited), "README's 'Citing' section names each paper"

@@ -90,3 +90,31 @@ def test_a_run_records_its_resolved_schedule_and_the_tables_take_k_from_it(tmp_p
     assert stored["schedule"]["rewind"] == per_epoch and stored["schedule"]["total"] == 4 * per_epoch
     assert config.load(tmp_path / "run" / "config.yaml").hash() == cfg.hash()
     assert tables.run_info(tmp_path / "run")["rewind_step"] == per_epoch  # level 0 alone starts at 0, not k
+
+
+def test_accuracy_curves_average_over_seeds_per_level_with_one_column_per_branch():
+    jobs = pd.DataFrame([
+        {"experiment": "e", "seed": s, "branch": b, "level": lv, "density": d, "density_total": d * 0.99,
+         "final_test_acc": acc}
+        for s, bump in ((0, 0.0), (1, 0.02))
+        for b, lv, d, acc in (("imp", 0, 1.0, 0.90), ("imp", 1, 0.8, 0.92), ("random_reinit", 1, 0.8, 0.85))
+        for acc in [acc + bump]])
+    curves = tables.accuracy_curves(jobs)["e"]
+    assert list(curves.columns) == [tables.CURVE_X, *tables.CURVE_BRANCHES]
+    assert curves[tables.CURVE_X].tolist() == [99.0, 79.2]  # % of all weights (density_total)
+    assert curves["imp"].round(6).tolist() == [91.0, 93.0]
+    assert pd.isna(curves.loc[0, "random_reinit"]) and round(curves.loc[1, "random_reinit"], 6) == 86.0
+    assert curves["oneshot"].isna().all()  # not run: an empty column, not a missing one
+
+
+def test_dvc_plots_draw_every_branch_column_of_every_configs_curves():
+    """dvc.yaml's data-series plots name the curves folder of each config DVC redraws, with the y list of
+    tables.CURVE_BRANCHES: a branch left out there would silently vanish from `dvc plots diff`."""
+    from conftest import REPO
+
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    configs = dvc["vars"][0]["configs"]
+    plots = {path: spec for entry in dvc["plots"] for path, spec in entry.items()}
+    assert set(plots) == {f"results/{c}/tables/{tables.CURVES}" for c in configs}
+    for spec in plots.values():
+        assert spec["x"] == tables.CURVE_X and tuple(spec["y"]) == tables.CURVE_BRANCHES

@@ -4,7 +4,8 @@
 (``tables`` in results/dvc.yaml, with the training; ``figures`` and ``document`` in dvc.yaml):
 
 - ``tables``: ``tables/*.csv``, tidy, from the stored runs;
-- ``figures``: ``figures/*.png`` (and ``*.svg``) and their index ``tables/figures.csv``, from the tables;
+- ``figures``: ``figures/*.png`` (and ``*.svg``), their index ``tables/figures.csv`` and the data series of
+  ``dvc plots diff``, ``tables/curves/<experiment>.csv`` (:func:`tables.accuracy_curves`), from the tables;
 - ``document``: ``report.md``, ``report.html`` (figures inline, viewable offline) and ``metrics.json``
   (headline numbers per experiment for ``dvc metrics diff``), from the tables, the figures,
   ``config/claims.yaml`` and the workflow config, whose run configs must have the tables' config hashes.
@@ -108,6 +109,13 @@ def write_figures(results: Path, data: dict[str, pd.DataFrame | None], scale: st
         {"figure": f"{name}.png", "drawn": False, "caption": why} for name, why in skipped.items()]
     tables.write_csv(pd.DataFrame(index, columns=["figure", "drawn", "caption"]).sort_values("figure"),
                      Path(results) / "tables" / "figures.csv")
+    curves = Path(results) / "tables" / tables.CURVES
+    series = tables.accuracy_curves(data["jobs"])
+    for stale in curves.glob("*.csv"):
+        if stale.stem not in series:
+            stale.unlink()
+    for experiment, df in series.items():
+        tables.write_csv(df, curves / f"{experiment}.csv")
     return drawn
 
 

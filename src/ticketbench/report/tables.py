@@ -28,6 +28,7 @@ import yaml
 
 from .. import layout
 from ..analysis.barriers import barrier
+from ..config import BRANCHES
 from ..environment import recorded_precision
 
 RUN_COLUMNS = ["experiment", "family", "group", "network", "dataset", "seed", "rewind_step", "run"]
@@ -165,6 +166,32 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
     from ..checkpoints import atomic_write
 
     atomic_write(path, df.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
+
+
+# The data series of `dvc plots diff` (dvc.yaml's top-level `plots`): per experiment, one row per IMP level
+# and one column per branch, so that DVC draws one curve per branch and overlays two revisions' curves in
+# one chart (it colours by revision and dashes by column; it cannot group the rows of a tidy table).
+CURVES = "curves"
+CURVE_X = "remaining"
+CURVE_METRIC = "final_test_acc"
+CURVE_BRANCHES = ("imp", *BRANCHES, "finetune")
+"""Every file has a column for every branch (empty where not run), so one y list in dvc.yaml fits all."""
+
+
+def accuracy_curves(jobs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """experiment -> its accuracy-vs-sparsity curves: ``remaining`` (% of all weights, the LTH's P_m; of
+    the prunable ones where a table predates density_total) and, per branch, the test accuracy at the end
+    of training (%) averaged over seeds and replicates at each level. A branch not run at a level is an
+    empty cell."""
+    out = {}
+    for experiment, df in jobs.groupby("experiment", sort=True):
+        col = "density_total" if df["density_total"].notna().all() else "density"
+        levels = df[df["branch"] == "imp"].groupby("level")[col].mean()
+        acc = df.groupby(["level", "branch"])[CURVE_METRIC].mean().unstack("branch")
+        curves = (100 * acc.reindex(columns=list(CURVE_BRANCHES))).reindex(levels.index)
+        curves.insert(0, CURVE_X, 100 * levels)
+        out[str(experiment)] = curves.reset_index(drop=True)
+    return out
 
 
 def _run_config(run: Path) -> dict[str, Any]:
