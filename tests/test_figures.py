@@ -9,6 +9,7 @@ results."""
 
 from __future__ import annotations
 
+import colorsys
 import itertools
 import json
 import os
@@ -264,12 +265,71 @@ def run_dir(tmp_path) -> Path:
 def test_curves_of_a_run_draw_every_job_and_say_which_is_still_running(drawn, run_dir, tmp_path):
     figures.curves_figure(figures.job_curves([run_dir]), tmp_path / "curves.png")
     (fig,) = drawn
-    loss, acc = fig.axes
-    assert [t.get_text() for t in acc.get_legend().get_texts()] == ["copy, level 1, rep 1 (running)", "imp, level 0"]
+    imp_loss, imp_acc, copy_loss, copy_acc = fig.axes  # one row per branch, IMP first
+    assert imp_loss.get_title() == "IMP (winning ticket): loss" and copy_acc.get_title() == "SGD-noise copy: accuracy"
+    assert [t.get_text() for t in imp_acc.get_legend().get_texts()] == ["level 0"]
+    assert [t.get_text() for t in copy_acc.get_legend().get_texts()] == ["level 1, rep 1 (running)"]
     assert "still running: copy, level 1, rep 1 (step 300)" in fig._suptitle.get_text()
-    stars = [ln for ln in loss.lines if ln.get_marker() == "*"]
-    assert sorted(float(s.get_xdata()[0]) for s in stars) == [300, 300]  # the minimum validation loss of each job
-    assert len([ln for ln in loss.lines if ln.get_marker() != "*"]) == 2 * 3  # train, val, test loss per job
+    for loss in (imp_loss, copy_loss):
+        stars = [ln for ln in loss.lines if ln.get_marker() == "*"]
+        assert [float(s.get_xdata()[0]) for s in stars] == [300]  # the minimum validation loss of the job
+        assert len([ln for ln in loss.lines if ln.get_marker() != "*"]) == 3  # its train, val and test loss
+
+
+def whole_run(root: Path) -> Path:
+    """A run as the quick LeNet protocol leaves it: IMP levels 0-10, random reinitialization and random
+    pruning at levels 1-10, and the fine-tuning chain: 41 jobs, the last level of each still training."""
+    (root / "config.yaml").parent.mkdir(parents=True)
+    (root / "config.yaml").write_text("hash: x\n")
+    for level in range(11):
+        fake_job(root / "imp" / f"level_{level:02d}", 6, finished=level < 10)
+    for branch, level in itertools.product(("random_reinit", "random_prune", "finetune"), range(1, 11)):
+        rep = ("rep_0",) if branch != "finetune" else ()
+        fake_job(root.joinpath(branch, f"level_{level:02d}", *rep), 6, finished=level < 10)
+    return root
+
+
+def hls(colour) -> tuple[float, float, float]:
+    return colorsys.rgb_to_hls(*to_rgb(colour))
+
+
+def test_the_curves_of_a_whole_run_keep_one_hue_per_branch_and_their_legends_beside_the_panels(drawn, tmp_path):
+    """41 jobs: one row of panels per branch in its colour of the report figures, a job's level read from
+    its shade (light = dense, dark = sparse, the same shade for a level in every row), and every legend
+    outside the panels, clear of their axis labels (not over the middle of the figure, in 41 cycling hues)."""
+    curves = figures.job_curves([whole_run(tmp_path / "run")])
+    assert len(curves) == 41
+    figures.curves_figure(curves, tmp_path / "curves.png")
+    (fig,) = drawn
+    rows = {ax.get_title().removesuffix(": loss"): (ax, acc) for ax, acc in zip(fig.axes[::2], fig.axes[1::2])}
+    assert list(rows) == ["IMP (winning ticket)", "random reinit", "random pruning", "fine-tuning"]
+    hues = {}
+    for name, (loss, acc) in rows.items():
+        colours = {to_rgb(ln.get_color()) for ax in (loss, acc) for ln in ax.lines}
+        assert len(colours) == (11 if name.startswith("IMP") else 10), name  # one shade per level
+        hue = {round(hls(c)[0], 6) for c in colours}
+        assert len(hue) == 1, f"{name}: one hue, {hue}"
+        hues[name] = hue.pop()
+        labels = [t.get_text() for t in acc.get_legend().get_texts()]
+        assert labels[-1].startswith("level 10") and labels[-1].endswith("(running)") and len(labels) == len(colours)
+        lightness = [hls(h.get_color())[1] for h in acc.get_legend().legend_handles]
+        assert lightness == sorted(lightness, reverse=True) and len(set(lightness)) == len(lightness), name
+    assert all(abs(a - b) > 0.02 for a, b in itertools.combinations(hues.values(), 2)), hues  # branches differ
+    for name, branch, first in (("IMP (winning ticket)", "imp", 0), ("random reinit", "random_reinit", 1)):
+        handles = rows[name][1].get_legend().legend_handles
+        for level in (1, 5, 10):  # a level sits as far from light to dark in every row: 0 is the lightest, 10 the darkest
+            shade = figures.shade(figures.branch_hue(branch), level / 10)
+            assert to_rgb(handles[level - first].get_color()) == pytest.approx(shade), (name, level)
+
+    renderer = fig.canvas.get_renderer()
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None] + fig.legends
+    assert len(legends) == 4 + 1  # one per branch, and the line styles of the splits
+    taken = [ax.get_window_extent(renderer) for ax in fig.axes]
+    taken += [b for ax in fig.axes for b in (ax.yaxis.get_tightbbox(renderer), ax.xaxis.get_tightbbox(renderer)) if b]
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        assert inside(box, fig.bbox), "the legend is not cut off"
+        assert not any(box.overlaps(other) for other in taken), [t.get_text() for t in legend.get_texts()][:2]
 
 
 def test_a_finished_job_without_validation_split_has_no_early_stop_mark(drawn, tmp_path):

@@ -103,6 +103,36 @@ def test_diverged_run_keeps_the_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
 
 
+def test_the_log_says_nan_only_for_a_loss_that_is_nan(tmp_path, caplog):
+    """The evaluation before the first step has no training loss yet: its log line says ``train loss -``
+    (a ``nan`` there reads as a diverged run) and metrics.csv has a missing value. A loss that does turn NaN
+    is still named as such, in the one error that stops the job."""
+    import logging
+
+    import pandas as pd
+
+    cfg = config.from_dict(tiny_run(train={"steps": "40it", "eval_every": "10it"}))
+    run = Run(cfg, tmp_path / "run", data.load(cfg.data), Runtime(device="cpu", progress=False))
+    caplog.set_level(logging.INFO, logger="ticketbench")
+    with pytest.MonkeyPatch.context() as mp:
+        real = torch.nn.functional.cross_entropy
+        steps = {"n": 0}
+
+        def poisoned(*a, **k):  # training losses turn NaN from step 15 on; evaluations are untouched
+            out = real(*a, **k)
+            steps["n"] += out.requires_grad
+            return out * float("nan") if steps["n"] > 15 and out.requires_grad else out
+
+        mp.setattr(torch.nn.functional, "cross_entropy", poisoned)
+        with pytest.raises(TrainingDiverged, match="training loss became nan before step 20"):
+            run.level(0)
+    lines = [r.getMessage() for r in caplog.records if "ETA" in r.getMessage()]
+    assert len(lines) == 2 and "step 0/40 train loss - val loss" in lines[0] and "nan" not in lines[0].lower()
+    assert "step 10/40 train loss " in lines[1] and "nan" not in lines[1].lower()
+    metrics = pd.read_csv(run.level_dir(0) / "metrics.csv")
+    assert list(metrics["step"]) == [0, 10] and metrics["train_loss"].isna().tolist() == [True, False]
+
+
 @pytest.mark.parametrize("code, words", [(errno.ENOSPC, "disk is full"), (errno.EROFS, "read-only")])
 def test_a_failed_write_leaves_the_previous_file_intact(tmp_path, monkeypatch, code, words):
     target = tmp_path / "metrics.csv"

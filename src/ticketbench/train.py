@@ -281,17 +281,20 @@ class _Watch:
         self.job, self.batch_size = job, batch_size
         self.t0, self.step0 = time.monotonic(), step
 
-    def evaluated(self, rows: list[dict[str, Any]]) -> None:
+    def evaluated(self, rows: list[dict[str, Any]], trained: bool) -> None:
+        """Record and show the latest row; ``trained``: a step ran since the previous evaluation, so the row
+        has a training loss. Without one (the evaluation before the first step) the CSV has a missing value
+        and the line says ``train loss -``: a ``nan`` there would read as a diverged run."""
         job, row = self.job, rows[-1]
         atomic_write(job.out / "metrics.csv", pd.DataFrame(rows, columns=METRIC_COLUMNS).to_csv(index=False))
         done, elapsed = row["step"] - self.step0, time.monotonic() - self.t0
         speed = done / elapsed if done > 0 and elapsed > 0 else math.nan
         eta = (job.end - row["step"]) / speed if math.isfinite(speed) and speed > 0 else math.nan
+        train = f"{row['train_loss']:.4f}" if trained else "-"
         val = f" val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}" if math.isfinite(row["val_acc"]) else ""
         test = f" test acc {row['test_acc']:.4f}" if math.isfinite(row["test_acc"]) else ""
-        log.info("%s: step %d/%d train loss %.4f%s%s, %s img/s, ETA %s", job.label, row["step"], job.end,
-                 row["train_loss"], val, test, f"{speed * self.batch_size:,.0f}" if math.isfinite(speed) else "-",
-                 _duration(eta))
+        log.info("%s: step %d/%d train loss %s%s%s, %s img/s, ETA %s", job.label, row["step"], job.end,
+                 train, val, test, f"{speed * self.batch_size:,.0f}" if math.isfinite(speed) else "-", _duration(eta))
 
 
 def _duration(seconds: float) -> str:
@@ -334,8 +337,9 @@ def _evaluate(model: nn.Module, data: Data, job: Job, pos: _Position, per_epoch:
     best = None
     if test_eval == "early-stop" and step != job.end:
         best = min((r["val_loss"] for r in pos.rows if math.isfinite(r["val_loss"])), default=math.inf)
+    trained = pos.loss_n > 0
     row = _metrics_row(model, data, step, per_epoch, job.lr(step),
-                       float(pos.loss_sum / pos.loss_n) if pos.loss_n else math.nan, channels_last, best)
+                       float(pos.loss_sum / pos.loss_n) if trained else math.nan, channels_last, best)
     pos.rows.append(row)
     pos.loss_sum.zero_()
     pos.loss_n = 0
@@ -344,7 +348,7 @@ def _evaluate(model: nn.Module, data: Data, job: Job, pos: _Position, per_epoch:
         reason = f"{evaluated.replace('_', ' ')} is not finite"
         raise TrainingDiverged(f"{job.label}: {reason} at step {step}; the weights diverged (last good checkpoint kept "
                                f"in {kept})", step, reason)
-    watch.evaluated(pos.rows)
+    watch.evaluated(pos.rows, trained)
     pos.evaluated = True
 
 

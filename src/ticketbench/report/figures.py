@@ -31,6 +31,7 @@ from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
 from ..analysis.barriers import STABLE_PP  # noqa: E402
 from ..checkpoints import atomic_write  # noqa: E402
+from ..config import BRANCHES, ConfigError  # noqa: E402
 from .tables import SUCCESSIVE_LOSS  # noqa: E402
 
 BRANCH_LABELS = {"imp": "IMP (winning ticket)", "random_reinit": "random reinit", "random_prune": "random pruning",
@@ -490,27 +491,39 @@ def saleem_successive_figure(jobs: pd.DataFrame, successive: pd.DataFrame, exper
 class Curve:
     """One job's evaluations (its metrics.csv, rewritten atomically at every evaluation while it trains)."""
 
-    label: str
+    run: str  # the run's folder name where several runs are drawn, else ""
+    branch: str
+    level: int
+    rep: int | None
     metrics: pd.DataFrame
     running: bool  # no summary.json yet: the job is training, interrupted, or waiting to resume
+
+    @property
+    def job(self) -> str:
+        """``level 3`` or ``level 3, rep 1``: the job within its branch."""
+        return f"level {self.level}" + ("" if self.rep is None else f", rep {self.rep}")
+
+    @property
+    def label(self) -> str:
+        """``imp, level 3``, or ``seed1, copy, level 3, rep 1`` where several runs are drawn."""
+        return ", ".join([self.run] * bool(self.run) + [self.branch, self.job])
 
 
 CURVE_STYLES = {"train": "-", "val": "--", "test": ":"}
 CURVE_SPLITS = {"train": "training", "val": "validation", "test": "test"}
 
 
-def _job_label(job: Path, root: Path, runs: int) -> str:
-    """``imp, level 3`` or ``copy, level 3, rep 1`` from the job's folders below its run directory (the
-    run's name first when several runs are overlaid)."""
-    branch, *numbered = job.resolve().relative_to(root.resolve()).parts
-    words = [branch] + [f"{name} {int(n)}" for name, _, n in (p.rpartition("_") for p in numbered)]
-    return ", ".join(([root.name] if runs > 1 else []) + words)
+def _curve(job: Path, root: Path, runs: int) -> Curve:
+    """A job's curve; its branch, level and replicate are its folders below the run (``layout.job_path``)."""
+    branch, level, *rep = job.resolve().relative_to(root.resolve()).parts
+    number = lambda part: int(part.rpartition("_")[2])  # noqa: E731
+    return Curve(root.name if runs > 1 else "", branch, number(level), number(rep[0]) if rep else None,
+                 pd.read_csv(job / "metrics.csv"), not (job / "summary.json").is_file())
 
 
 def job_curves(paths: list[Path]) -> list[Curve]:
     """The curves of job directories, or of every job of a run directory that has evaluated at least
     once. A job directory without a metrics.csv is an error (it has not evaluated yet, or is no job)."""
-    from ..config import ConfigError
     from ..imp import run_root_of
 
     jobs: list[tuple[Path, Path]] = []
@@ -525,38 +538,81 @@ def job_curves(paths: list[Path]) -> list[Curve]:
         else:
             raise ConfigError(f"{path}: no metrics.csv (the job has not evaluated yet, or this is not a job directory)")
     runs = len({root.resolve() for _, root in jobs})
-    return [Curve(_job_label(job, root, runs), pd.read_csv(job / "metrics.csv"), not (job / "summary.json").is_file())
-            for job, root in jobs]
+    return [_curve(job, root, runs) for job, root in jobs]
+
+
+_CURVE_BRANCHES = [*BRANCH_LABELS, *(b for b in BRANCHES if b not in BRANCH_LABELS)]
+"""The order of the branches' rows: the report's order, then the branches no report figure shows."""
+
+
+def branch_hue(branch: str) -> tuple[float, float, float]:
+    """A branch's colour: the report figures' (``BRANCH_COLORS``); the branches they do not show (the
+    SGD-noise copies of the random baselines) take the hues left over."""
+    if branch in BRANCH_LABELS:
+        return BRANCH_COLORS[BRANCH_LABELS[branch]]
+    spare = HUES[len(BRANCH_LABELS):]
+    return spare[_CURVE_BRANCHES.index(branch) % len(spare)] if branch in _CURVE_BRANCHES else (0.3, 0.3, 0.3)
+
+
+def shade(hue: tuple[float, float, float], t: float) -> tuple[float, float, float]:
+    """The hue lightened (``t`` = 0, the figure's densest level) or darkened (``t`` = 1, its sparsest), the hue
+    itself at 0.5. The light end is the hue mixed with white, the dark end with black: every shade keeps
+    the hue, so a branch's jobs share its colour."""
+    rgb = np.asarray(hue, dtype=float)
+    light, dark = rgb + 0.6 * (1 - rgb), 0.5 * rgb
+    c = light + 2 * t * (rgb - light) if t <= 0.5 else rgb + (2 * t - 1) * (dark - rgb)
+    return tuple(float(x) for x in c)
 
 
 def curves_figure(curves: list[Curve], png: Path) -> Path:
-    """Loss (left) and accuracy (right) vs. step, one colour per job, one line style per split. Where a
-    validation split exists, a star marks the early-stopping point (minimum validation loss, LTH Sec. 2)."""
+    """Loss (left) and accuracy (right) vs. step: one row of panels per branch (per run and branch where
+    several runs are drawn), in the branch's colour of the report figures, light for its densest level and
+    dark for its sparsest; one line style per split. Each row's legend names its jobs beside the panels,
+    so a whole run (IMP levels and every baseline) stays readable. Where a validation split exists, a star
+    marks the early-stopping point (minimum validation loss, LTH Sec. 2)."""
     _theme()
-    fig, (ax_loss, ax_acc) = _subplots(1, 2, figsize=(12.4, 4.6))
-    for i, c in enumerate(curves):
-        colour, m = HUES[i % len(HUES)], c.metrics
-        for split, style in CURVE_STYLES.items():
-            if m[f"{split}_loss"].notna().any():
-                ax_loss.plot(m["step"], m[f"{split}_loss"], color=colour, ls=style, lw=1.4)
-            if f"{split}_acc" in m and m[f"{split}_acc"].notna().any():
-                ax_acc.plot(m["step"], 100 * m[f"{split}_acc"], color=colour, ls=style, lw=1.4)
-        if m["val_loss"].notna().any():
-            best = m.loc[m["val_loss"].idxmin()]
-            ax_loss.plot(best["step"], best["val_loss"], "*", color=colour, ms=11, mec="black", mew=0.6)
-            ax_acc.plot(best["step"], 100 * best["test_acc"], "*", color=colour, ms=11, mec="black", mew=0.6)
-    splits = [Line2D([], [], color="0.3", ls=style, label=CURVE_SPLITS[s]) for s, style in CURVE_STYLES.items()]
-    stop = [Line2D([], [], ls="", marker="*", color="0.6", mec="black", ms=11, label="early stop (min val. loss)")]
-    jobs = [Line2D([], [], color=HUES[i % len(HUES)], label=c.label + (" (running)" if c.running else ""))
-            for i, c in enumerate(curves)]
+    runs, rank = list(dict.fromkeys(c.run for c in curves)), {b: i for i, b in enumerate(_CURVE_BRANCHES)}
+    rows = sorted({(c.run, c.branch) for c in curves}, key=lambda r: (runs.index(r[0]), rank.get(r[1], len(rank)), r[1]))
+    fig, axes = _subplots(len(rows), 2, figsize=(13.6, 1.0 + 2.9 * len(rows)), squeeze=False, sharex="all",
+                          sharey="col")
+    lo, hi = min(c.level for c in curves), max(c.level for c in curves)
+    for (run, branch), (ax_loss, ax_acc) in zip(rows, axes):
+        row = sorted((c for c in curves if (c.run, c.branch) == (run, branch)), key=lambda c: (c.level, c.rep or 0))
+        handles = []
+        for c in row:
+            # one shade per level across the rows, so that a level of a baseline matches the IMP level it ablates
+            colour, m = shade(branch_hue(branch), (c.level - lo) / (hi - lo) if hi > lo else 0.5), c.metrics
+            for split, style in CURVE_STYLES.items():
+                if m[f"{split}_loss"].notna().any():
+                    ax_loss.plot(m["step"], m[f"{split}_loss"], color=colour, ls=style, lw=1.3)
+                if f"{split}_acc" in m and m[f"{split}_acc"].notna().any():
+                    ax_acc.plot(m["step"], 100 * m[f"{split}_acc"], color=colour, ls=style, lw=1.3)
+            if m["val_loss"].notna().any():
+                best = m.loc[m["val_loss"].idxmin()]
+                ax_loss.plot(best["step"], best["val_loss"], "*", color=colour, ms=10, mec="black", mew=0.5)
+                ax_acc.plot(best["step"], 100 * best["test_acc"], "*", color=colour, ms=10, mec="black", mew=0.5)
+            handles.append(Line2D([], [], color=colour, lw=2.5, label=c.job + (" (running)" if c.running else "")))
+        name = BRANCH_LABELS.get(branch, branch.replace("_", " "))
+        name = f"{run}: {name}" if run else name
+        ax_loss.set(ylabel="cross-entropy loss", title=f"{name}: loss")
+        ax_acc.set(ylabel="accuracy (%)", title=f"{name}: accuracy")
+        ax_acc.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0,
+                      fontsize="x-small", ncol=1 + (len(handles) - 1) // 12,
+                      title="light = dense\ndark = sparse" if hi > lo else None, title_fontsize="x-small")
+    for ax in axes[-1]:
+        ax.set_xlabel("step (iterations)")
     any_val = any(c.metrics["val_loss"].notna().any() for c in curves)
-    ax_loss.legend(handles=splits + (stop if any_val else []), fontsize="small")
-    ax_acc.legend(handles=jobs, fontsize="small", ncol=1 + len(jobs) // 12)
-    ax_loss.set(xlabel="step (iterations)", ylabel="cross-entropy loss", title="loss")
-    ax_acc.set(xlabel="step (iterations)", ylabel="accuracy (%)", title="accuracy (star: test accuracy at the early stop)"
-               if any_val else "accuracy")
-    running = [f"{c.label} (step {int(c.metrics['step'].iloc[-1])})" for c in curves if c.running and len(c.metrics)]
-    status = f"still running: {'; '.join(running)}" if running else "all finished"
+    keys = [Line2D([], [], color="0.3", ls=style, label=CURVE_SPLITS[s]) for s, style in CURVE_STYLES.items()]
+    keys += [Line2D([], [], ls="", marker="*", color="0.6", mec="black", ms=10,
+                    label="early stop (min val. loss; on accuracy: test accuracy there)")] * any_val
+    fig.legend(handles=keys, loc="outside lower center", ncol=len(keys), fontsize="small")
+    running = [c for c in curves if c.running and len(c.metrics)]
+    if not running:
+        status = "all finished"
+    elif len(running) <= 3:
+        status = "still running: " + "; ".join(f"{c.label} (step {int(c.metrics['step'].iloc[-1])})" for c in running)
+    else:
+        status = f"still running: {len(running)} jobs (marked in the legends)"
     fig.suptitle(f"Training curves of {len(curves)} job{'s' * (len(curves) != 1)}\n{status}", fontsize="medium")
     save(fig, png)
     return png
