@@ -45,9 +45,14 @@ bench: setup
 	$(PY) bench/throughput.py
 	$(PY) bench/hessian.py
 
-# Re-resolve requirements.lock from pyproject.toml's exact pins (tests/test_lock.py checks they agree).
+# Re-resolve requirements.lock from pyproject.toml's exact pins (tests/test_lock.py checks they agree): one
+# universal resolution for Python 3.11 and 3.12 whose environment markers select PyPI's CUDA wheels on Linux
+# and the CPU/MPS wheels on macOS; versions already in the lock are kept unless a pin forces a change. The
+# lock's pip line is carried over unchanged: nothing depends on pip, but every venv and the image hold it, and
+# a container test compares the image's whole environment with the lock.
 lock:
-	.venv/bin/uv pip compile --python-version 3.11 --extra workflow --extra dev --no-header pyproject.toml -o requirements.lock
+	grep '^pip==' requirements.lock | .venv/bin/uv pip compile --universal --python-version 3.11 \
+	  --extra workflow --extra dev --no-annotate --custom-compile-command "make lock" pyproject.toml - -o requirements.lock
 
 # The Apptainer image file the workflow's jobs run in with --sdm apptainer (containers/README.md): the image
 # built from this checkout with podman (ENGINE=docker for docker), converted by apptainer. No ticketbench

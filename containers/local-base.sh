@@ -4,7 +4,7 @@
 # Why: the project's real base image is a CUDA image from a registry; this machine (and CI) reach only the
 # Debian and PyPI package registries, so a registry pull fails. debootstrap builds a minimal Debian 12
 # root filesystem from Debian's packages; `podman import` turns it into an image that the Dockerfile's
-# BASE_IMAGE build argument can name. Debian 12 ships python3.11, the Python the project pins.
+# BASE_IMAGE build argument can name. Debian 12 ships python3.11, the Python the image uses.
 #
 # The rootfs tarball is cached (TICKETBENCH_CACHE, default ~/.cache/ticketbench) so a second run, or a CI
 # run on a machine that kept its cache, skips the ~1.5 min debootstrap.
