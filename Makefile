@@ -38,7 +38,7 @@ test-fast: setup
 
 lint: setup
 	.venv/bin/snakemake --lint --configfile config/smoke.yaml
-	.venv/bin/snakefmt --check Snakefile workflow/rules
+	.venv/bin/snakefmt --check workflow
 	.venv/bin/hadolint --failure-threshold warning containers/Dockerfile
 
 bench: setup

@@ -927,7 +927,7 @@ def workflow(ctx: Context, args: argparse.Namespace) -> dict[str, Any]:
     tree = ctx.work / "workflow"
     shutil.rmtree(tree, ignore_errors=True)
     tree.mkdir(parents=True)
-    for name in ("Snakefile", "workflow", "profiles", "config"):
+    for name in ("workflow", "profiles", "config"):
         (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, tree / name)
     shim = tree / "bin" / "ticketbench"  # the rules call `ticketbench`; here it is the working tree's package
     shim.parent.mkdir()

@@ -248,8 +248,8 @@ def test_smoke_imp_runs_inside_the_image(image, tmp_path, request):
 # ---------------------------------------------------------------- the smoke workflow in the image (slow)
 
 SMOKE = "config/smoke.yaml"
-needs_workflow = pytest.mark.skipif(not (REPO / "Snakefile").exists() or not (REPO / SMOKE).exists(),
-                                    reason="the Snakemake workflow (Snakefile, config/smoke.yaml) is not there yet")
+needs_workflow = pytest.mark.skipif(not (REPO / "workflow/Snakefile").exists() or not (REPO / SMOKE).exists(),
+                                    reason="the Snakemake workflow (workflow/Snakefile, config/smoke.yaml) is not there yet")
 # PATH of a job's host side: the stand-in and the system, but not the venv, so a rule that escaped the
 # container would fail to find `ticketbench` instead of quietly running on the host.
 STANDIN_PATH = f"{STANDIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -381,7 +381,7 @@ def test_sdm_apptainer_through_slurm(image, slurm_conf, tmp_path, request, monke
 def workflow_copy(tmp_path: Path) -> Path:
     """The workflow in a scratch folder (its files linked, the configs copied), so an image file made by a
     test sits in the scratch folder's containers/, never in the checkout's."""
-    for name in ("Snakefile", "workflow", "profiles"):
+    for name in ("workflow", "profiles"):
         (tmp_path / name).symlink_to(REPO / name)
     shutil.copytree(REPO / "config", tmp_path / "config")
     return tmp_path

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DVC = str(BIN / "dvc")
 # What the DVC stages read, besides the committed results.
-PROJECT = ["Snakefile", "workflow", "config", "profiles", "dvc.yaml", "dvc.lock", "results/dvc.yaml",
+PROJECT = ["workflow", "config", "profiles", "dvc.yaml", "dvc.lock", "results/dvc.yaml",
            "results/dvc.lock", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore", "data/.gitignore",
            "src/ticketbench/config.py", "src/ticketbench/report", "src/ticketbench/analysis/__init__.py",
            "src/ticketbench/analysis/barriers.py", "src/ticketbench/layout.py", "src/ticketbench/plan.py"]

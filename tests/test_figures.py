@@ -204,7 +204,7 @@ def test_every_figure_is_also_an_svg_and_both_are_byte_identical_on_redraw(tmp_p
 def test_snakemake_report_shows_the_figures_per_family_the_tables_and_the_report(tmp_path):
     """Built from the committed quick results without running any job (no runs, no .snakemake
     metadata): what a reviewer gets from the workflow's own report command."""
-    for name in ("Snakefile", "workflow", "profiles"):
+    for name in ("workflow", "profiles"):
         (tmp_path / name).symlink_to(REPO / name)
     shutil.copytree(REPO / "config", tmp_path / "config")
     committed = REPO / "results" / "quick"

@@ -53,7 +53,7 @@ def slurm_jobs(output: str) -> dict[str, str]:
 
 
 def test_smoke_workflow_runs_through_the_slurm_executor_with_gpu_jobs(cluster, tmp_path):
-    for name in ("Snakefile", "workflow", "profiles"):
+    for name in ("workflow", "profiles"):
         (tmp_path / name).symlink_to(REPO / name)
     shutil.copytree(REPO / "config", tmp_path / "config")
     env = {**os.environ, **cluster, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}

@@ -1,9 +1,9 @@
 """The Snakemake workflow: the job plan per config, config rejection before any job, and (slow) the smoke
 workflow end to end with its rerun behaviour.
 
-Every snakemake call runs in a scratch working directory that links the repository's Snakefile,
-workflow/ and profiles/ and copies config/, so results, .snakemake/ metadata and config edits stay
-out of the repository."""
+Every snakemake call runs in a scratch working directory that links the repository's workflow/ (whose
+Snakefile Snakemake finds without -s) and profiles/ and copies config/, so results, .snakemake/ metadata
+and config edits stay out of the repository."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ SMOKE_JOBS = {
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
-    for name in ("Snakefile", "workflow", "profiles"):
+    for name in ("workflow", "profiles"):
         (tmp_path / name).symlink_to(REPO / name)
     shutil.copytree(REPO / "config", tmp_path / "config")
     return tmp_path
@@ -96,6 +96,32 @@ def test_smoke_dry_run_lists_every_rule_with_the_expected_job_counts(workdir):
     assert job_counts(out) == SMOKE_JOBS
 
 
+def test_snakemake_run_from_the_repository_root_finds_workflow_snakefile(tmp_path):
+    """The Snakemake workflow catalog looks only for workflow/Snakefile once a workflow/ folder exists; so does
+    Snakemake run from the repository root with no -s when no top-level Snakefile takes precedence, and the
+    file it finds plans the whole smoke workflow."""
+    assert not [p.name for p in REPO.iterdir() if p.name.lower() == "snakefile"]
+    # The repository root as it is, but for the configs (copied) and what a run writes.
+    for entry in REPO.iterdir():
+        if entry.name not in ("config", "results", ".snakemake", ".git"):
+            (tmp_path / entry.name).symlink_to(entry)
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    out = snakemake(tmp_path, "-n", "--verbose", "--configfile", "config/smoke.yaml").stdout
+    assert re.search(r"^\s*Snakefile: (.*)$", out, flags=re.M).group(1) == str(tmp_path / "workflow" / "Snakefile")
+    assert job_counts(out) == SMOKE_JOBS
+
+
+def test_the_configuration_guide_names_every_config_file_and_every_key_of_the_schema():
+    """config/README.md is the configuration guide the workflow catalog shows: a key added to the schema or a
+    config file added to config/ without a line there is caught here."""
+    guide = (REPO / "config/README.md").read_text()
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    keys = [*schema["properties"], *schema["$defs"]["experiment"]["properties"]]
+    files = [str(p.relative_to(REPO / "config")) for p in (REPO / "config").rglob("*.yaml")]
+    assert [k for k in keys if f"`{k}`" not in guide] == []
+    assert [f for f in files if f"`{f}`" not in guide] == []
+
+
 def test_every_training_job_runs_the_cli_on_its_experiment_and_seed(workdir):
     out = snakemake(workdir, "-n", "--printshellcmds", "--configfile", "config/smoke.yaml").stdout
     commands = re.findall(r"^Shell command: (ticketbench (?:dense|imp|branch|finetune) .*)$", out, flags=re.M)
@@ -119,7 +145,7 @@ def test_the_default_config_is_the_paper_scale_and_all_configs_pass_the_linter(w
 
 
 def test_the_workflow_files_are_formatted():
-    proc = subprocess.run([str(BIN / "snakefmt"), "--check", "Snakefile", "workflow"], cwd=REPO,
+    proc = subprocess.run([str(BIN / "snakefmt"), "--check", "workflow"], cwd=REPO,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 
@@ -357,7 +383,7 @@ def test_a_target_of_an_unknown_experiment_or_seed_names_the_known_ones(workdir,
 @pytest.fixture(scope="module")
 def smoke_done(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("smoke")
-    for name in ("Snakefile", "workflow", "profiles"):
+    for name in ("workflow", "profiles"):
         (work / name).symlink_to(REPO / name)
     shutil.copytree(REPO / "config", work / "config")
     snakemake(work, "--cores", "2", "--configfile", "config/smoke.yaml", timeout=1800)
@@ -434,7 +460,7 @@ def test_a_packed_workflow_writes_the_tables_of_the_lone_one(smoke_done, tmp_pat
     """On the CPU a pack trains its jobs one after another in one process (pack_mode auto): the same
     networks bit for bit, so the tables equal those of one job per network, byte for byte, while each
     job's summary records the pack it ran in."""
-    for name in ("Snakefile", "workflow", "profiles"):
+    for name in ("workflow", "profiles"):
         (tmp_path / name).symlink_to(REPO / name)
     shutil.copytree(REPO / "config", tmp_path / "config")
     snakemake(tmp_path, "--cores", "2", "--configfile", "config/smoke.yaml", "--config", "pack=4", timeout=1800)
