@@ -17,6 +17,15 @@ import yaml
 from ticketbench import layout, plan
 from ticketbench.plan import BASELINES, RANDOM_COPIES, WorkflowConfigError
 
+# Every rule's command is one ticketbench command, and bash exec()s it (Snakemake's default prefix plus
+# `exec`; `snakemake -p` prints the command without the prefix). A SIGTERM from SLURM (the profile's
+# signal before the time limit, the time limit, pre-emption) reaches every process of the job step. A bash
+# left between Snakemake and ticketbench would die of it at once: Snakemake would fail the job, delete its
+# outputs and exit while ticketbench is still writing its checkpoint, and a cluster that tracks a step's
+# processes by cgroup kills what is left of the step then. With exec, Snakemake waits for ticketbench to
+# exit (143; tests/test_slurm.py). Keep rules to one command: a second one after an exec would never run.
+shell.prefix("set -euo pipefail; exec ")
+
 
 def short_path(path):
     """Relative to the working directory if inside it (what the jobs see on every node), else absolute."""
