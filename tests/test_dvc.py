@@ -29,7 +29,8 @@ PROJECT = ["workflow", "config", "profiles", "dvc.yaml", "dvc.lock", "results/dv
            "src/ticketbench/analysis/barriers.py", "src/ticketbench/layout.py", "src/ticketbench/plan.py"]
 CONFIGS = ("smoke", "quick", "lenet")
 TABLES = [f"results/{c}/tables/{t}.csv" for c in CONFIGS for t in ("jobs", "hessian", "instability", "successive")]
-DRAWN = [p for c in CONFIGS for p in (f"results/{c}/tables/figures.csv", f"results/{c}/figures", f"results/{c}/report.md",
+DRAWN = [p for c in CONFIGS for p in (f"results/{c}/tables/figures.csv", f"results/{c}/tables/curves",
+                                      f"results/{c}/figures", f"results/{c}/report.md",
                                       f"results/{c}/report.html", f"results/{c}/metrics.json")]
 
 
@@ -120,6 +121,25 @@ def test_fresh_clone_without_remote_redraws_figures_and_reports_from_committed_t
 
     pull = subprocess.run([DVC, "pull"], cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert pull.returncode != 0 and pull.stdout.splitlines()[0] == "No remote provided and no default remote set."
+    # The reviewer's chain that works on every clone (make pull): nothing to fetch is not an error.
+    sh(DVC, "pull", "--allow-missing", cwd=clone, env=env)
+    sh(DVC, "repro", cwd=clone, env=env)
+    _assert_same(clone, committed, DRAWN)
+
+    # `dvc plots diff` overlays two revisions' curves in one chart per experiment: change one accuracy.
+    curves = clone / "results" / "quick" / "tables" / "curves" / "lth_lenet.csv"
+    rows = curves.read_text().splitlines()
+    cells = rows[1].split(",")
+    cells[1] = "12.5"
+    curves.write_text("\n".join([rows[0], ",".join(cells), *rows[2:]]) + "\n")
+    shown = json.loads(sh(DVC, "plots", "diff", "HEAD", "--json", "--targets", "results/quick/tables/curves",
+                          cwd=clone, env=env).stdout)["data"]
+    assert set(shown) == {f"results/quick/tables/curves/{p.name}" for p in curves.parent.glob("*.csv")}
+    values = shown["results/quick/tables/curves/lth_lenet.csv"][0]["content"]["data"]["values"]
+    imp = {(v["rev"], v["remaining"]): v["dvc_inferred_y_value"] for v in values if v["field"] == "imp"}
+    dense = cells[0]
+    assert imp[("workspace", dense)] == "12.5" and imp[("HEAD", dense)] == rows[1].split(",")[1]
+    assert {v["field"] for v in values if v["dvc_inferred_y_value"] != ""} >= {"imp", "random_reinit", "random_prune"}
 
 
 @pytest.mark.slow
