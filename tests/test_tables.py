@@ -100,7 +100,7 @@ def test_accuracy_curves_average_over_seeds_per_level_with_one_column_per_branch
         for b, lv, d, acc in (("imp", 0, 1.0, 0.90), ("imp", 1, 0.8, 0.92), ("random_reinit", 1, 0.8, 0.85))
         for acc in [acc + bump]])
     curves = tables.accuracy_curves(jobs)["e"]
-    assert list(curves.columns) == [tables.CURVE_X, *tables.CURVE_BRANCHES]
+    assert list(curves.columns) == [tables.CURVE_X, *config.JOB_BRANCHES]
     assert curves[tables.CURVE_X].tolist() == [99.0, 79.2]  # % of all weights (density_total)
     assert curves["imp"].round(6).tolist() == [91.0, 93.0]
     assert pd.isna(curves.loc[0, "random_reinit"]) and round(curves.loc[1, "random_reinit"], 6) == 86.0
@@ -109,7 +109,7 @@ def test_accuracy_curves_average_over_seeds_per_level_with_one_column_per_branch
 
 def test_dvc_plots_draw_every_branch_column_of_every_configs_curves():
     """dvc.yaml's data-series plots name the curves folder of each config DVC redraws, with the y list of
-    tables.CURVE_BRANCHES: a branch left out there would silently vanish from `dvc plots diff`."""
+    config.JOB_BRANCHES: a branch left out there would silently vanish from `dvc plots diff`."""
     from conftest import REPO
 
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
@@ -117,4 +117,4 @@ def test_dvc_plots_draw_every_branch_column_of_every_configs_curves():
     plots = {path: spec for entry in dvc["plots"] for path, spec in entry.items()}
     assert set(plots) == {f"results/{c}/tables/{tables.CURVES}" for c in configs}
     for spec in plots.values():
-        assert spec["x"] == tables.CURVE_X and tuple(spec["y"]) == tables.CURVE_BRANCHES
+        assert spec["x"] == tables.CURVE_X and tuple(spec["y"]) == config.JOB_BRANCHES

@@ -45,6 +45,9 @@ Named here, beside the rest of the run vocabulary, so the CLI and the workflow c
 COPIES = {"copy": "imp", "copy_random_reinit": "random_reinit", "copy_random_prune": "random_prune"}
 """Each SGD-noise copy branch (LMC Sec. 3) -> the network it copies: the IMP subnetwork, or a random baseline
 (LMC Sec. 4: random pruning and reinitialization are neither stable nor matching)."""
+JOB_BRANCHES = ("imp", *BRANCHES, "finetune")
+"""Every kind of trained network a run holds: the IMP chain, its branches and the fine-tuning chain (the
+first folder of a job below its run, ``layout.job_path``)."""
 REINITIALIZED = tuple(b for b in BRANCHES if COPIES.get(b, b) == "random_reinit")
 """The branches that train fresh weights, and so start where ``imp.reinit_start`` says."""
 REINIT_STARTS = ("rewind", "zero")

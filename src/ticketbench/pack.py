@@ -29,7 +29,7 @@ from typing import Any
 
 from . import layout
 from .checkpoints import JobLock
-from .config import BRANCHES, ConfigError
+from .config import BRANCHES, JOB_BRANCHES, ConfigError
 from .imp import Pending, Run
 from .train import Member, TrainingDiverged, diverged, fit_packed, pack_identity, pack_key, record_divergence
 
@@ -54,7 +54,7 @@ class JobName:
             raise ConfigError(f"pack: {text!r} is not a job name; write seed<S>/<branch>/level_<LL>[/rep_<R>], "
                               f"e.g. seed0/imp/level_03 or seed1/random_reinit/level_02/rep_0")
         branch, replicate = m["branch"], m["replicate"]
-        if branch not in ("imp", "finetune", *BRANCHES):
+        if branch not in JOB_BRANCHES:
             raise ConfigError(f"pack: {text}: unknown branch {branch!r}; choose imp, finetune or one of "
                               f"{', '.join(BRANCHES)}")
         if (replicate is None) != (branch in ("imp", "finetune")):

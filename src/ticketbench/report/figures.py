@@ -31,8 +31,8 @@ from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
 from ..analysis.barriers import STABLE_PP  # noqa: E402
 from ..checkpoints import atomic_write  # noqa: E402
-from ..config import BRANCHES, ConfigError  # noqa: E402
-from .tables import SUCCESSIVE_LOSS  # noqa: E402
+from ..config import JOB_BRANCHES, ConfigError  # noqa: E402
+from .tables import SUCCESSIVE_LOSS, remaining_column  # noqa: E402
 
 BRANCH_LABELS = {"imp": "IMP (winning ticket)", "random_reinit": "random reinit", "random_prune": "random pruning",
                  "oneshot": "one-shot pruning", "finetune": "fine-tuning", "copy": "SGD-noise copy"}
@@ -221,7 +221,7 @@ def paper_vs_ours_figure(jobs: pd.DataFrame, reported: pd.DataFrame, experiment:
         return []
     branches = [b for b in BRANCH_LABELS if b != "finetune"]
     d = _baselines(df, branches)
-    col = "density_total" if "density_total" in d.columns and d["density_total"].notna().all() else "density"
+    col = remaining_column(d)
     d = d.assign(**{REMAINING: 100 * d[col].astype(float)})
     dense = df[(df["branch"] == "imp") & (df["level"] == 0)]
     _theme()
@@ -541,7 +541,7 @@ def job_curves(paths: list[Path]) -> list[Curve]:
     return [_curve(job, root, runs) for job, root in jobs]
 
 
-_CURVE_BRANCHES = [*BRANCH_LABELS, *(b for b in BRANCHES if b not in BRANCH_LABELS)]
+_CURVE_BRANCHES = [*BRANCH_LABELS, *(b for b in JOB_BRANCHES if b not in BRANCH_LABELS)]
 """The order of the branches' rows: the report's order, then the branches no report figure shows."""
 
 

@@ -28,7 +28,7 @@ import yaml
 
 from .. import layout
 from ..analysis.barriers import barrier
-from ..config import BRANCHES
+from ..config import JOB_BRANCHES
 from ..environment import recorded_precision
 
 RUN_COLUMNS = ["experiment", "family", "group", "network", "dataset", "seed", "rewind_step", "run"]
@@ -174,21 +174,25 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
 CURVES = "curves"
 CURVE_X = "remaining"
 CURVE_METRIC = "final_test_acc"
-CURVE_BRANCHES = ("imp", *BRANCHES, "finetune")
-"""Every file has a column for every branch (empty where not run), so one y list in dvc.yaml fits all."""
+
+
+def remaining_column(jobs: pd.DataFrame) -> str:
+    """The density to show as "% remaining": ``density_total`` (all weights, the LTH's P_m) where every job
+    records it, else ``density`` (prunable weights; tables of jobs made before density_total was recorded)."""
+    return "density_total" if "density_total" in jobs.columns and jobs["density_total"].notna().all() else "density"
 
 
 def accuracy_curves(jobs: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """experiment -> its accuracy-vs-sparsity curves: ``remaining`` (% of all weights, the LTH's P_m; of
     the prunable ones where a table predates density_total) and, per branch, the test accuracy at the end
-    of training (%) averaged over seeds and replicates at each level. A branch not run at a level is an
-    empty cell."""
+    of training (%) averaged over seeds and replicates at each level. Every file has a column for every
+    branch (``config.JOB_BRANCHES``; empty where not run), so one y list in dvc.yaml fits all."""
     out = {}
     for experiment, df in jobs.groupby("experiment", sort=True):
-        col = "density_total" if df["density_total"].notna().all() else "density"
+        col = remaining_column(df)
         levels = df[df["branch"] == "imp"].groupby("level")[col].mean()
         acc = df.groupby(["level", "branch"])[CURVE_METRIC].mean().unstack("branch")
-        curves = (100 * acc.reindex(columns=list(CURVE_BRANCHES))).reindex(levels.index)
+        curves = (100 * acc.reindex(columns=list(JOB_BRANCHES))).reindex(levels.index)
         curves.insert(0, CURVE_X, 100 * levels)
         out[str(experiment)] = curves.reset_index(drop=True)
     return out
