@@ -28,7 +28,7 @@ from matplotlib.colors import to_rgb
 from matplotlib.lines import Line2D
 
 from conftest import REPO
-from ticketbench.report import figures
+from ticketbench.report import claims, figures
 
 ALPHAS = np.linspace(0, 1, 11)
 LEVELS = 3  # IMP levels 0..3 pruning 50 % per level, as the quick run does
@@ -150,6 +150,64 @@ def test_the_saleem_eigenvalue_legend_sits_beside_the_panels_not_on_them(drawn):
     assert inside(box, fig.bbox), "the legend is not cut off"
     for ax in fig.axes:
         assert not box.overlaps(ax.get_window_extent(renderer)), ax.get_title()
+
+
+def lth_protocol_jobs() -> pd.DataFrame:
+    """An LTH experiment at a paper's protocol: IMP levels 0-6 (20 % per level), random reinitialization
+    and random pruning at levels 2 and 4, two seeds; accuracies and early-stop iterations as the LeNet
+    scale has them (a ticket a little above the dense net, the baselines below)."""
+    rows = []
+    for seed, (branch, levels, gain) in itertools.product((0, 1), (("imp", range(7), 0.002), ("random_reinit", (2, 4), -0.002),
+                                                                   ("random_prune", (2, 4), -0.004))):
+        for lv in levels:
+            acc = 0.976 + gain * min(lv, 4) - 0.003 * max(lv - 4, 0) + 0.0005 * seed
+            rows.append({"experiment": "lth", "family": "lth", "network": "lenet_300_100", "dataset": "mnist",
+                         "seed": seed, "rewind_step": 0, "branch": branch, "level": lv, "density": 0.8 ** lv,
+                         "density_total": 0.8 ** lv, "final_test_acc": acc + 0.002, "early_stop_test_acc": acc,
+                         "early_stop_step": 4000 - 200 * lv if branch == "imp" else 5000.0, "final_train_loss": 0.01})
+    return pd.DataFrame(rows)
+
+
+def test_the_papers_values_sit_on_our_curves_and_the_legend_hides_none_of_them(drawn):
+    """One panel per quantity a paper states (a value at a density, a change against the dense net, a P_m):
+    each stated value is drawn where the paper puts it, with its tolerance, and the one legend (every branch,
+    every kind of mark) lies below the panels, clear of every curve and mark."""
+    reported = pd.DataFrame([
+        ("lth", "dense", "final_test_acc", "imp", "point", 1.0, 98.0, 0.3, False),
+        ("lth", "gain", "early_stop_test_acc", "imp", "point", 0.41, 0.3, 0.0, True),
+        ("lth", "back", "early_stop_test_acc", "imp", "density", 0.036, 3.6, np.nan, False),
+        ("lth", "faster", "early_stop_step", "imp", "point", 0.21, 38.0, 10.0, True),
+    ], columns=claims.REPORTED_COLUMNS)
+    jobs = lth_protocol_jobs()
+    assert figures.paper_vs_ours_figure(jobs, reported, "lth", "test", Path("unused"))
+    (fig,) = drawn
+    panels = {ax.get_title(): ax for ax in fig.axes}
+    assert list(panels) == ["test accuracy at early stop", "test accuracy at the end of training",
+                            "iteration of minimum validation loss"]
+
+    def marks(ax) -> list[tuple[float, float]]:
+        return [(float(ln.get_xdata()[0]), float(ln.get_ydata()[0])) for ln in ax.lines
+                if ln.get_marker() == "D" and len(ln.get_xdata()) == 1]
+
+    dense = jobs[(jobs["branch"] == "imp") & (jobs["level"] == 0)]
+    assert marks(panels["test accuracy at the end of training"]) == [(100.0, 98.0)]
+    x0 = 100 * dense["early_stop_test_acc"].mean()
+    assert marks(panels["test accuracy at early stop"]) == [(41.0, pytest.approx(x0 + 0.3))]  # a gain, at our dense
+    step0 = dense["early_stop_step"].mean()
+    assert marks(panels["iteration of minimum validation loss"]) == [(21.0, pytest.approx(step0 * 0.62))]  # 38 % fewer
+    verticals = [ln.get_xdata()[0] for ln in panels["test accuracy at early stop"].lines if ln.get_linestyle() == ":"]
+    assert verticals == [pytest.approx(3.6)]
+
+    renderer = fig.canvas.get_renderer()
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()][:3] == ["IMP (winning ticket)", "random reinit", "random pruning"]
+    assert len(legend.get_texts()) == 6  # three branches, three kinds of the papers' marks
+    box = legend.get_window_extent(renderer)
+    assert inside(box, fig.bbox), "the legend is not cut off"
+    taken = [ax.get_window_extent(renderer) for ax in fig.axes]
+    taken += [ax.xaxis.get_tightbbox(renderer) for ax in fig.axes]
+    assert not any(box.overlaps(other) for other in taken)
 
 
 def successive_table(pairs: int) -> pd.DataFrame:

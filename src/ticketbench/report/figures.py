@@ -225,7 +225,8 @@ def paper_vs_ours_figure(jobs: pd.DataFrame, reported: pd.DataFrame, experiment:
     d = d.assign(**{REMAINING: 100 * d[col].astype(float)})
     dense = df[(df["branch"] == "imp") & (df["level"] == 0)]
     _theme()
-    fig, axes = _subplots(1, len(panels), figsize=(6.2 * len(panels), 4.8), squeeze=False)
+    fig, axes = _subplots(1, len(panels), figsize=(6.2 * len(panels), 5.2), squeeze=False)
+    keys: dict[str, plt.Artist] = {}  # label -> handle, over every panel (a branch may be drawn in one panel only)
     for ax, metric in zip(axes[0], panels):
         title, ylabel = PAPER_PANELS[metric]
         scale_y = 100.0 if metric in ("early_stop_test_acc", "final_test_acc") else 1.0
@@ -253,13 +254,16 @@ def paper_vs_ours_figure(jobs: pd.DataFrame, reported: pd.DataFrame, experiment:
         _remaining_axis(ax, pd.concat([d[col], mine["density"]]))  # the paper's P_m inside the axis too
         ax.set_xlabel("weights remaining, % of all weights (the LTH's P_m)")
         ax.set_title(title, fontsize="medium")
-        handles, labels = ax.get_legend_handles_labels()
-        handles += [Line2D([], [], marker="D", color="black", linestyle="", markerfacecolor="grey"),
-                    Line2D([], [], marker="D", color="black", linestyle="", markerfacecolor="white"),
-                    Line2D([], [], color="grey", linestyle=":")]
-        labels += ["paper's value (+/- check tolerance)", "paper's change vs. dense, at our dense",
-                   "paper's P_m where the curve crosses dense"]
-        ax.legend(handles, labels, title=None, fontsize="x-small")
+        keys.update({label: h for h, label in zip(*ax.get_legend_handles_labels())})
+        ax.get_legend().remove()
+    keys |= {"paper's value (+/- check tolerance)":
+             Line2D([], [], marker="D", color="black", linestyle="", markerfacecolor="grey"),
+             "paper's change vs. dense, at our dense":
+             Line2D([], [], marker="D", color="black", linestyle="", markerfacecolor="white"),
+             "paper's P_m where the curve crosses dense": Line2D([], [], color="grey", linestyle=":")}
+    # One legend below the panels: the curves and the paper's marks fill each panel wherever the data put
+    # them, so a legend inside one hides some of them (it hid the random baselines of the LeNet scale).
+    fig.legend(list(keys.values()), list(keys), loc="outside lower center", ncol=4, fontsize="small")
     _title(fig, "The papers' reported values (config/claims.yaml) beside our curves", experiment, df, scale)
     path = out / f"paper_vs_ours_{experiment}.png"
     save(fig, path)
