@@ -144,13 +144,20 @@ def test_plan_of_a_broken_config_is_one_line_and_exit_2(tmp_path, capsys):
 # --------------------------------------------------------------------------------------------------
 
 
-def test_status_tells_done_running_checkpointed_and_missing_jobs_apart(tmp_path, capsys):
-    path = tiny(tmp_path, lambda c: c.update(experiments={"stab_tiny_k0": c["experiments"]["stab_tiny_k0"]}))
+def test_status_tells_done_running_checkpointed_diverged_and_missing_jobs_apart(tmp_path, capsys):
+    def one_experiment_of_four_networks(c):
+        c.update(experiments={"stab_tiny_k0": c["experiments"]["stab_tiny_k0"]})
+        c["experiments"]["stab_tiny_k0"]["run"]["imp"]["levels"] = 3
+
+    path = tiny(tmp_path, one_experiment_of_four_networks)
     results = tmp_path / "results" / "tiny"
     run = layout.run_dir(results, "stab_tiny_k0", 0)
-    done, interrupted, running = (layout.job_dir(run, "imp", lv) for lv in range(3))
-    for folder in (done, interrupted, running):
+    done, interrupted, running, lost = (layout.job_dir(run, "imp", lv) for lv in range(4))
+    for folder in (done, interrupted, running, lost):
         folder.mkdir(parents=True)
+    (lost / layout.CHECKPOINT).write_bytes(b"")  # its last good state, kept beside the record
+    (lost / layout.METRICS).write_text("step,epoch,test_acc\n0,0.0,0.1\n")
+    (lost / layout.DIVERGED).write_text('{"step": 7, "reason": "training loss became nan"}')
     (done / layout.SUMMARY).write_text("{}")
     (interrupted / layout.CHECKPOINT).write_bytes(b"")  # status never opens it (a torch file)
     (interrupted / layout.METRICS).write_text("step,epoch,test_acc\n0,0.0,0.1\n20,1.0,0.5\n")
@@ -158,12 +165,14 @@ def test_status_tells_done_running_checkpointed_and_missing_jobs_apart(tmp_path,
     with JobLock(running):
         states = {j.level: plan.status(j) for j in plan.jobs(resolved(path)["stab_tiny_k0"], results)}
         assert cli.main(["status", str(results), "--config", str(path), "--schema", str(SCHEMA), "--all"]) == 0
-    assert states == {0: plan.Status("done"), 1: plan.Status("checkpointed", 20), 2: plan.Status("running", 10)}
+    assert states == {0: plan.Status("done"), 1: plan.Status("checkpointed", 20), 2: plan.Status("running", 10),
+                      3: plan.Status("diverged", 0)}
     assert plan.status(plan.jobs(resolved(path)["stab_tiny_k0"], results)[2]) == plan.Status("missing", 10)
     out = capsys.readouterr().out
     assert [str(interrupted), "checkpointed", "20"] in [line.split() for line in out.splitlines()]
     summary = out.split("\n\n")[1].splitlines()
-    assert summary[2].split() == ["stab_tiny_k0", "imp", "1", "1", "1", "0"]
+    assert summary[0].split()[2:] == list(plan.STATES)
+    assert summary[2].split()[:6] == ["stab_tiny_k0", "imp", "1", "1", "1", "1"]
 
 
 def test_status_finds_the_results_of_a_config_by_its_name(tmp_path, capsys, monkeypatch):

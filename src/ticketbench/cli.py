@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schema", type=Path, default=SCHEMA, help=f"the workflow config's JSON schema (default: {SCHEMA})")
     p.add_argument("--json", action="store_true", help="print the counts as JSON instead of a table")
 
-    p = sub.add_parser("status", help="done / running / checkpointed / missing for every planned job of a workflow config")
+    p = sub.add_parser("status", help="done / running / checkpointed / diverged / missing for every planned job of a workflow config")
     p.add_argument("target", type=Path, help="a workflow config (config/N.yaml; its results are results/N), or a results "
                                              "folder results/N (its config is config/N.yaml unless --config is given)")
     p.add_argument("--config", type=Path, help="the workflow config of a results folder (default: config/<folder name>.yaml)")
@@ -342,7 +342,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> None:
-    from . import plan
+    from . import layout, plan
 
     given_config = args.target.suffix in (".yaml", ".yml")
     path = args.config or (args.target if given_config else Path("config") / f"{args.target.name}.yaml")
@@ -370,7 +370,7 @@ def cmd_status(args: argparse.Namespace) -> None:
     rows.append(["total", "all", *(str(sum(st.state == s for _, st in found)) for s in plan.STATES)])
     print(_table(["experiment", "kind", *plan.STATES], rows))
     print(f"\n{results} ({path}); running: a job lock held on this machine; checkpointed: interrupted, resumes "
-          f"from its checkpoint")
+          f"from its checkpoint; diverged: stopped at a non-finite loss, see its {layout.DIVERGED}")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:

@@ -337,10 +337,11 @@ def counts(experiments: dict[str, Experiment], results: str | Path) -> dict[str,
 # The state of a planned job on disk
 # --------------------------------------------------------------------------------------------------
 
-STATES = ("done", "running", "checkpointed", "missing")
+STATES = ("done", "running", "checkpointed", "diverged", "missing")
 """done: its output exists (a job's summary.json is written last); running: its job lock is held by a process
-on this machine; checkpointed: interrupted, it resumes from its checkpoint; missing: not started (or
-interrupted before its first checkpoint)."""
+on this machine; checkpointed: interrupted, it resumes from its checkpoint; diverged: a pack stopped it at a
+non-finite loss and recorded that (layout.DIVERGED; a rerun does not train it again, so it is not missing);
+missing: not started (or interrupted before its first checkpoint)."""
 
 
 @dataclass(frozen=True)
@@ -359,6 +360,8 @@ def status(job: Job) -> Status:
     step = last_step(job.folder / layout.METRICS)
     if is_locked(job.folder / layout.LOCK):
         return Status("running", step)
+    if (job.folder / layout.DIVERGED).is_file():
+        return Status("diverged", step)
     if (job.folder / layout.CHECKPOINT).is_file():
         return Status("checkpointed", step)
     return Status("missing", step)
