@@ -197,8 +197,8 @@ def test_a_prepared_dataset_trains_on_the_same_bits_as_the_source_files(tmp_path
     assert all(r.tobytes() in rows for r in cached.train.x.flatten(1).numpy())
 
 
-def test_a_verified_dataset_is_found_by_its_official_checksums_without_opening_the_sources(tmp_path, cache_dir,
-                                                                                           monkeypatch):
+def test_a_verified_dataset_is_found_by_its_official_checksums_without_decoding_the_sources(tmp_path, cache_dir,
+                                                                                            monkeypatch):
     folder = make_mnist(tmp_path / "mnist", gz=False)
     official = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in folder.iterdir()}
     monkeypatch.setitem(data.IDX_MD5, "mnist", official)  # these tiny files play the official ones
@@ -206,8 +206,42 @@ def test_a_verified_dataset_is_found_by_its_official_checksums_without_opening_t
     cfg = DataConfig("mnist", validation_size=20)
     first = data.load(cfg, root=tmp_path, verify=True)
     _no_decoding(monkeypatch)
-    monkeypatch.setattr(data.Path, "read_bytes", lambda self: pytest.fail(f"{self} was opened"))
     assert _same_data(data.load(cfg, root=tmp_path, verify=True), first)
+
+
+@pytest.mark.parametrize("file", ["mnist/train-images-idx3-ubyte", "mnist.gz/t10k-labels-idx1-ubyte.gz",
+                                  "cifar10/data_batch_3.bin"])
+def test_a_byte_flipped_after_the_dataset_was_prepared_is_still_refused_in_one_line_naming_the_file(
+        official_copies, cache_dir, file):
+    """The prepared file holds the verified tensors, but the copy a user keeps must stay the official one
+    (DVC versions it; other tools read it): a hit that did not look would train on, silently, beside a
+    damaged file."""
+    copy, name = file.split("/")
+    dataset, root = copy.split(".")[0], official_copies[copy]
+    data.prepared(dataset, root, verify=True)
+    assert len(list(cache_dir.glob(f"{dataset}-prepared-*.pt"))) == 1
+    path = next(root.rglob(name))
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) * 2 // 3] ^= 0x01
+    path.write_bytes(raw)
+    with pytest.raises(DatasetError) as e:
+        data.prepared(dataset, root, verify=True)
+    assert str(e.value).startswith(str(path)) and "\n" not in str(e.value)
+
+
+def test_another_official_copy_shares_the_prepared_file_after_its_own_check(official_copies, cache_dir, monkeypatch):
+    """The idx files and their .gz hold the same official content: one prepared file serves both, and the
+    copy it was not made from is checked (decoded) before its tensors are used, not trusted by name."""
+    (x, y), (tx, ty) = data.prepared("mnist", official_copies["mnist"], verify=True)
+    decoded = []
+    real = data._decode
+    monkeypatch.setattr(data, "_decode", lambda *a: decoded.append(a[1]) or real(*a))
+    (gx, gy), (gtx, gty) = data.prepared("mnist", official_copies["mnist.gz"], verify=True)
+    assert decoded == [official_copies["mnist.gz"] / "mnist"]
+    assert len(list(cache_dir.glob("mnist-prepared-*.pt"))) == 1
+    assert all(torch.equal(a, b) for a, b in ((x, gx), (y, gy), (tx, gtx), (ty, gty)))
+    data.prepared("mnist", official_copies["mnist"], verify=True)  # the copy it was made from: no decoding
+    assert len(decoded) == 1
 
 
 def test_an_edited_unverified_copy_gets_a_new_prepared_file(tmp_path, cache_dir):
