@@ -95,11 +95,11 @@ NOISE_RULE = (
     "range fails (the true last density lies above it) to the sparsest level before it whose whole range "
     "holds; an onset is the first rewind point whose mean barrier is under the threshold, and its range "
     "runs from the first k whose barrier range reaches under the threshold to the first k whose whole range is "
-    "under it (above the largest k run if none is). A share of levels (successive levels: zero barrier if and only "
-    "if matching) counts a level whose barrier or accuracy gap lies within its range of the threshold as "
-    "undetermined, and its range runs from the share that surely agrees to the share that may. A mean that is not finite (a zero denominator, e.g. an "
-    "early-stopping step of 0) gets no verdict: inconclusive, with the reason. Where no noise is definable the "
-    "row says so and the verdict rests on the mean. Multiplicity: about 90 checks are each decided at this "
+    "under it (above the largest k run if none is). A share of levels (successive levels: zero barrier if and "
+    "only if matching) counts a level whose barrier or accuracy gap lies within its range of the threshold as "
+    "undetermined, and its range runs from the share that surely agrees to the share that may. A mean that is "
+    "not finite (a zero denominator, e.g. an early-stopping step of 0) gets no verdict: inconclusive, with the "
+    "reason. Where no noise is definable the row says so and the verdict rests on the mean. Multiplicity: about 90 checks are each decided at this "
     "coverage with no correction for their number, so a few wrong verdicts among them are expected by chance "
     "alone; read one verdict as one test among many, and a pattern across checks and papers as the evidence.")
 """The noise floor of a verdict (issues 11, 21). The binomial term is how much one network's accuracy on N
@@ -1151,9 +1151,8 @@ def _successive_iff_matching(chk, unit, ctx):
             if acc is None or dense is None:
                 continue
             # per mask: (barrier, its half-width); the gap to the dense net, its half-width (0: no noise known)
-            barriers = [(_path_barrier(p, SUCCESSIVE_ERROR),
-                         NOISE_Z * math.sqrt(1.5) * binomial(float(p[SUCCESSIVE_ERROR].mean()), test_size) if test_size else 0.0)
-                        for _, p in paths.groupby("mask")]
+            barriers = [(_path_barrier(p, SUCCESSIVE_ERROR), NOISE_Z * math.sqrt(1.5) * binomial(
+                float(p[SUCCESSIVE_ERROR].mean()), test_size) if test_size else 0.0) for _, p in paths.groupby("mask")]
             gap = 100 * (dense - acc)
             h = NOISE_Z * math.sqrt(2) * binomial(float(acc), test_size) if test_size else 0.0
             zero, match = all(b < threshold for b, _ in barriers), gap <= matching
