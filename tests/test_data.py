@@ -309,7 +309,12 @@ def test_prepared_files_live_beside_writable_sources_else_in_the_home_cache(tmp_
     (root / "mnist").mkdir(parents=True)
     assert data.prepared_dir(root / "mnist", root) == root / "mnist"
     assert data.prepared_dir(tmp_path / "debian", root) == home_cache  # the fallback is outside the root
-    monkeypatch.setattr(data.os, "access", lambda path, mode: False)  # a read-only data root
+    (root / "mnist").chmod(0o555)  # a mirror made read-only: not written to, even by root (who may)
+    try:
+        assert data.prepared_dir(root / "mnist", root) == home_cache
+    finally:
+        (root / "mnist").chmod(0o755)
+    monkeypatch.setattr(data.os, "access", lambda path, mode: False)  # a data root this user may not write to
     assert data.prepared_dir(root / "mnist", root) == home_cache
     monkeypatch.setenv("TICKETBENCH_CACHE", str(tmp_path / "scratch"))
     assert data.prepared_dir(root / "mnist", root) == tmp_path / "scratch"

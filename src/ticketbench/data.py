@@ -331,10 +331,12 @@ def prepared_dir(folder: Path, root: Path) -> Path:
     else beside the source files if they are under the data root and their folder is writable (one copy
     for every job reading that folder), else ~/.cache/ticketbench. The fallback to Debian's
     /usr/share/datasets is not under the root, so a system package's folder is never written to, not
-    even by root. Keys identify the content, so any of these may be shared by jobs, users and clones."""
+    even by root. Writable means by its mode bits too: root may write anywhere, but a mirror whose
+    folders were made read-only (``chmod a-w``) is not to be written to by anyone. Keys identify the
+    content, so any of these may be shared by jobs, users and clones."""
     if os.environ.get("TICKETBENCH_CACHE"):
         return Path(os.environ["TICKETBENCH_CACHE"])
-    if folder.is_relative_to(root) and os.access(folder, os.W_OK):
+    if folder.is_relative_to(root) and os.access(folder, os.W_OK) and folder.stat().st_mode & 0o222:
         return folder
     return Path.home() / ".cache" / "ticketbench"
 
