@@ -139,7 +139,9 @@ def test_metrics_json_has_the_headline_numbers_of_the_tables(reported):
     assert set(metrics["saleem_tiny"]["sparsest_test_acc"]) == {"imp", "oneshot", "finetune", "random_reinit", "random_prune"}
     counts = metrics["claims"]
     assert counts["not_checked"] > 0 and counts["not_run_at_this_scale"] > 0
-    assert counts["reproduced"] + counts["not_reproduced"] > 0  # the qualitative claims ran on the tiny tree
+    # the qualitative claims ran on the tiny tree: they have verdicts, of which inconclusive is one (a share
+    # of successive levels on its few hundred test images is within the noise of either threshold)
+    assert counts["reproduced"] + counts["not_reproduced"] + counts["inconclusive"] > 0
 
 
 def test_report_opens_with_verdict_counts_per_kind_of_check_and_per_paper(reported):
