@@ -252,11 +252,17 @@ def test_a_few_batched_steps_are_the_members_lone_steps_up_to_rounding(tmp_path,
         assert job.start == 2 and job.optimizer_state is not None and job.optimizer_state["state"]
     train_levels(lone, None, (level,))
     train_levels(packed, "batched", (level,))
+    # Adam moves a weight by about lr per step whatever the size of its gradient, so rounding in a gradient
+    # (the batched convolution is another kernel than the lone one) can shift a step by a part of lr: with
+    # oneDNN held to AVX2 on an AVX-512 CPU the tiny ResNet's weights differed by up to 1.5e-4 after its 3
+    # steps (lr 1e-3), 2e-7 as the machine is. A tenth of the 3 steps' largest move bounds rounding; a member
+    # given another's moments or none, or shared BN statistics, moves weights by whole steps.
+    atol = 0.1 * ADAM["lr"] * 3 if optimizer == "adam" else 1e-5
     for a, b in zip(lone, packed):
         wa, wb = files(a, level)[1], files(b, level)[1]
         assert json.loads((b.level_dir(level) / "summary.json").read_text())["pack"]["mode"] == "batched"
         for k in wa:
-            assert torch.allclose(wa[k].float(), wb[k].float(), rtol=1e-4, atol=1e-5), k
+            assert torch.allclose(wa[k].float(), wb[k].float(), rtol=1e-4, atol=atol), k
         if level:  # the three steps moved the weights: the comparison is not of two copies of the rewind state
             rewound = a.rewind_state()["model"]
             assert any(not torch.allclose(wb[k].float(), rewound[k].float()) for k in wb if wb[k].is_floating_point())
