@@ -99,9 +99,10 @@ NOISE_RULE = (
     "only if matching) counts a level whose barrier or accuracy gap lies within its range of the threshold as "
     "undetermined, and its range runs from the share that surely agrees to the share that may. A mean that is "
     "not finite (a zero denominator, e.g. an early-stopping step of 0) gets no verdict: inconclusive, with the "
-    "reason. Where no noise is definable the row says so and the verdict rests on the mean. Multiplicity: about 90 checks are each decided at this "
-    "coverage with no correction for their number, so a few wrong verdicts among them are expected by chance "
-    "alone; read one verdict as one test among many, and a pattern across checks and papers as the evidence.")
+    "reason. Where no noise is definable the row says so and the verdict rests on the mean. Multiplicity: about "
+    "90 checks are each decided at this coverage with no correction for their number, so a few wrong verdicts "
+    "among them are expected by chance alone; read one verdict as one test among many, and a pattern across "
+    "checks and papers as the evidence.")
 """The noise floor of a verdict (issues 11, 21). The binomial term is how much one network's accuracy on N
 test images moves by chance; it is what a single seed cannot tell apart from an effect (the quick run's
 "+0.50 pp on 2,000 images, one seed" was +0.5 pp on one machine and -0.05 pp on another). The same range
@@ -441,6 +442,13 @@ def noise(values: list[float], p: float, test_size: int, difference: bool, share
 def binomial(p: float, n: int) -> float:
     """The binomial standard error, in %, of a fraction p measured on n examples."""
     return 100 * math.sqrt(max(p * (1 - p), 0.0) / n)
+
+
+def barrier_error(p: float, n: int) -> float:
+    """The measurement error, in pp, of an error barrier (peak minus the mean of the two endpoints) whose
+    points have mean test error p (a fraction) on n examples: sqrt(1 + 2 / 4) = sqrt(1.5) times one point's
+    binomial error."""
+    return math.sqrt(1.5) * binomial(p, n)
 
 
 def _half_width(values: list[float], error: float, shared: bool) -> float:
@@ -996,7 +1004,7 @@ def barrier_noise(pairs: pd.DataFrame, test_size: int | None, shared: bool = Tru
     if column == "max_error":
         error = binomial(float(pairs[column].mean()) / 100, test_size)
     else:
-        error = math.sqrt(1.5) * binomial(float(pairs["error"].mean()) / 100, test_size)
+        error = barrier_error(float(pairs["error"].mean()) / 100, test_size)
     return _half_width(per_seed, error, shared)
 
 
@@ -1142,7 +1150,7 @@ def _successive_iff_matching(chk, unit, ctx):
     density = unit[unit["branch"] == "imp"].groupby("level")["density"].mean()
     out, surely, maybe = [], [], []
     for seed, g in s[s["mask"].isin(masks)].groupby("seed"):
-        agree, sure, open_ = [], [], []
+        agree, sure_agree, sure_disagree = [], [], []
         for lv, paths in g[g["level"] >= 1].groupby("level"):
             if float(density.get(int(lv) + 1, math.nan)) > max_density + 1e-12 or int(lv) + 1 not in density:
                 continue
@@ -1151,24 +1159,26 @@ def _successive_iff_matching(chk, unit, ctx):
             if acc is None or dense is None:
                 continue
             # per mask: (barrier, its half-width); the gap to the dense net, its half-width (0: no noise known)
-            barriers = [(_path_barrier(p, SUCCESSIVE_ERROR), NOISE_Z * math.sqrt(1.5) * binomial(
-                float(p[SUCCESSIVE_ERROR].mean()), test_size) if test_size else 0.0) for _, p in paths.groupby("mask")]
+            barriers = [(_path_barrier(p, SUCCESSIVE_ERROR),
+                         NOISE_Z * barrier_error(float(p[SUCCESSIVE_ERROR].mean()), test_size) if test_size else 0.0)
+                        for _, p in paths.groupby("mask")]
             gap = 100 * (dense - acc)
-            h = NOISE_Z * math.sqrt(2) * binomial(float(acc), test_size) if test_size else 0.0
+            h = noise([gap], float(acc), test_size, difference=True) if test_size else 0.0
             zero, match = all(b < threshold for b, _ in barriers), gap <= matching
             zero_known = all(b + e < threshold for b, e in barriers) or any(b - e >= threshold for b, e in barriers)
             known = zero_known and (gap + h <= matching or gap - h > matching)
             agree.append(zero == match)
-            sure.append(known and zero == match)
-            open_.append(not known)
+            sure_agree.append(known and zero == match)
+            sure_disagree.append(known and zero != match)
         if agree:
             out.append(100 * float(np.mean(agree)))
-            surely.append(100 * float(np.mean(sure)))
-            maybe.append(100 * float(np.mean(np.array(sure) | np.array(open_))))
+            surely.append(100 * float(np.mean(sure_agree)))
+            maybe.append(100 - 100 * float(np.mean(sure_disagree)))
     if not out:
         raise NotRun(f"no successive-level result with both levels trained at or below {100 * max_density:.3g}% remaining")
     where = f", levels at or below {100 * max_density:.3g}% remaining" if max_density < 1 else ""
-    detail = f"barrier < {threshold:g} pp on mask {' and '.join(masks)} vs. matching (within {matching:g} pp of dense){where}"
+    detail = (f"barrier < {threshold:g} pp on mask {' and '.join(masks)} vs. matching (within {matching:g} pp of "
+              f"dense){where}")
     if not test_size:
         return Measured(out, detail, no_noise="test-set size unknown: a share of levels that agree")
     return Measured(out, detail + "; a level within its noise of either threshold is undetermined",
